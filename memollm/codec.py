@@ -1,0 +1,225 @@
+"""Values to bytes and back with msgpack, typed for what LLM helpers return.
+
+Supported: str, bytes, numbers, None, bool, dict, list, tuple, set, datetime types, UUID,
+Decimal, enums, dataclasses and pydantic models (openai/anthropic responses included), each
+restored as its own type. Decoding never executes code: classes are looked up (only in packages
+the program has already imported) and rebuilt from their data. Pickle is used only when the user
+opts in with ``allow_pickle=True``, for both writing and reading.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import decimal
+import enum
+import importlib
+import pickle
+import sys
+import uuid
+from typing import Any
+
+import msgpack
+
+
+class UnencodableValue(TypeError):
+    """A value of an unsupported type (and pickling not allowed)."""
+
+
+class UndecodableValue(ValueError):
+    """Stored bytes that cannot be turned back into a value safely."""
+
+
+EXT_TUPLE = 1
+EXT_PYDANTIC = 2
+EXT_DATACLASS = 3
+EXT_DATETIME = 4
+EXT_DATE = 5
+EXT_TIME = 6
+EXT_TIMEDELTA = 7
+EXT_UUID = 8
+EXT_DECIMAL = 9
+EXT_SET = 10
+EXT_FROZENSET = 11
+EXT_BIGINT = 12
+EXT_PICKLE = 13
+EXT_ENUM = 14
+EXT_COMPLEX = 15
+
+
+def _class_ref(cls: type) -> list[str]:
+    return [cls.__module__, cls.__qualname__]
+
+
+def _encode_other(value: Any, pack: Any, allow_pickle: bool) -> Any:
+    t = type(value)
+    if t is tuple:
+        return msgpack.ExtType(EXT_TUPLE, pack(list(value)))
+    if isinstance(value, enum.Enum):
+        return msgpack.ExtType(EXT_ENUM, pack([*_class_ref(t), value.value]))
+    if t is int:  # outside msgpack's 64-bit range
+        return msgpack.ExtType(EXT_BIGINT, str(value).encode())
+    for base in (dict, list, str, bytes, int, float):  # subclasses (OrderedDict, ...) as their base
+        if isinstance(value, base) and not isinstance(value, bool):
+            return base(value)
+    if hasattr(t, "model_fields") and hasattr(value, "model_dump") and "<locals>" not in t.__qualname__:
+        try:
+            data = pack(value.model_dump(mode="python", by_alias=True, warnings=False))
+        except UnencodableValue:
+            data = pack(value.model_dump(mode="json", by_alias=True, warnings=False))
+        return msgpack.ExtType(EXT_PYDANTIC, pack(_class_ref(t)) + data)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type) and "<locals>" not in t.__qualname__:
+        fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+        return msgpack.ExtType(EXT_DATACLASS, pack(_class_ref(t)) + pack(fields))
+    if t is _dt.datetime:
+        return msgpack.ExtType(EXT_DATETIME, value.isoformat().encode())
+    if t is _dt.date:
+        return msgpack.ExtType(EXT_DATE, value.isoformat().encode())
+    if t is _dt.time:
+        return msgpack.ExtType(EXT_TIME, value.isoformat().encode())
+    if t is _dt.timedelta:
+        return msgpack.ExtType(EXT_TIMEDELTA, pack([value.days, value.seconds, value.microseconds]))
+    if t is uuid.UUID:
+        return msgpack.ExtType(EXT_UUID, value.bytes)
+    if t is decimal.Decimal:
+        return msgpack.ExtType(EXT_DECIMAL, str(value).encode())
+    if t is set:
+        return msgpack.ExtType(EXT_SET, pack(list(value)))
+    if t is frozenset:
+        return msgpack.ExtType(EXT_FROZENSET, pack(list(value)))
+    if t is complex:
+        return msgpack.ExtType(EXT_COMPLEX, pack([value.real, value.imag]))
+    if allow_pickle:
+        try:
+            return msgpack.ExtType(EXT_PICKLE, pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
+        except Exception as exc:
+            raise UnencodableValue(f"cannot pickle a value of type {t.__module__}.{t.__qualname__}: {exc}") from exc
+    raise UnencodableValue(
+        f"memollm cannot store a value of type {t.__module__}.{t.__qualname__}; supported are str, bytes, "
+        "numbers, None, dict, list, tuple, set, datetime/UUID/Decimal, enums, dataclasses and pydantic "
+        "models (module-level classes). Return one of those, or opt in with cache_llm(allow_pickle=True)."
+    )
+
+
+def _make_packer(allow_pickle: bool) -> Any:
+    def default(value: Any) -> Any:
+        return _encode_other(value, pack, allow_pickle)
+
+    def pack(value: Any) -> bytes:
+        # A fresh Packer per call keeps this reentrant (default() packs nested values).
+        return msgpack.packb(value, default=default, use_bin_type=True, strict_types=True)
+
+    return pack
+
+
+_pack_safe = _make_packer(False)
+_pack_pickle = _make_packer(True)
+
+
+def encode(value: Any, allow_pickle: bool = False) -> bytes:
+    """Serialize ``value``; ``UnencodableValue`` names the offending type."""
+    try:
+        return (_pack_pickle if allow_pickle else _pack_safe)(value)
+    except UnencodableValue:
+        raise
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise UnencodableValue(f"memollm cannot store this value: {exc}") from exc
+
+
+def resolve_class(module: str, qualname: str) -> type:
+    """Find a class by name without importing anything new at top level.
+
+    Only modules of packages the program has already imported are looked up, so a crafted
+    cache file cannot make memollm import (and run) arbitrary installed code.
+    """
+    top = module.partition(".")[0]
+    if top not in sys.modules or "<locals>" in qualname:
+        raise UndecodableValue(f"class {module}.{qualname} is not available in this program")
+    try:
+        obj: Any = importlib.import_module(module)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+    except Exception as exc:
+        raise UndecodableValue(f"class {module}.{qualname} cannot be found: {exc}") from exc
+    if not isinstance(obj, type):
+        raise UndecodableValue(f"{module}.{qualname} is not a class")
+    return obj
+
+
+def _decode_ext(code: int, data: bytes, allow_pickle: bool) -> Any:
+    unpack = _unpack_pickle if allow_pickle else _unpack_safe
+    if code == EXT_TUPLE:
+        return tuple(unpack(data))
+    if code in (EXT_PYDANTIC, EXT_DATACLASS, EXT_ENUM):
+        unpacker = msgpack.Unpacker(None, ext_hook=_hooks[allow_pickle], raw=False, strict_map_key=False)
+        unpacker.feed(data)
+        ref = next(unpacker)
+        if code == EXT_ENUM:
+            cls = resolve_class(ref[0], ref[1])
+            if not issubclass(cls, enum.Enum):
+                raise UndecodableValue(f"{cls!r} is not an enum")
+            return cls(ref[2])
+        cls = resolve_class(*ref)
+        fields = next(unpacker)
+        if code == EXT_PYDANTIC:
+            validate = getattr(cls, "model_validate", None)
+            if validate is None:
+                raise UndecodableValue(f"{cls!r} is not a pydantic model")
+            return validate(fields)
+        if not dataclasses.is_dataclass(cls):
+            raise UndecodableValue(f"{cls!r} is not a dataclass")
+        init = {f.name: fields[f.name] for f in dataclasses.fields(cls) if f.init and f.name in fields}
+        obj = cls(**init)
+        for f in dataclasses.fields(cls):
+            if not f.init and f.name in fields:
+                object.__setattr__(obj, f.name, fields[f.name])
+        return obj
+    if code == EXT_DATETIME:
+        return _dt.datetime.fromisoformat(data.decode())
+    if code == EXT_DATE:
+        return _dt.date.fromisoformat(data.decode())
+    if code == EXT_TIME:
+        return _dt.time.fromisoformat(data.decode())
+    if code == EXT_TIMEDELTA:
+        return _dt.timedelta(*unpack(data))
+    if code == EXT_UUID:
+        return uuid.UUID(bytes=data)
+    if code == EXT_DECIMAL:
+        return decimal.Decimal(data.decode())
+    if code == EXT_SET:
+        return set(unpack(data))
+    if code == EXT_FROZENSET:
+        return frozenset(unpack(data))
+    if code == EXT_BIGINT:
+        return int(data.decode())
+    if code == EXT_COMPLEX:
+        return complex(*unpack(data))
+    if code == EXT_PICKLE:
+        if not allow_pickle:
+            raise UndecodableValue("entry holds a pickled value; it is loaded only with cache_llm(allow_pickle=True)")
+        return pickle.loads(data)
+    raise UndecodableValue(f"unknown value tag {code}")
+
+
+_hooks = {
+    False: lambda code, data: _decode_ext(code, data, False),
+    True: lambda code, data: _decode_ext(code, data, True),
+}
+
+
+def _unpack_safe(data: bytes) -> Any:
+    return msgpack.unpackb(data, ext_hook=_hooks[False], raw=False, strict_map_key=False)
+
+
+def _unpack_pickle(data: bytes) -> Any:
+    return msgpack.unpackb(data, ext_hook=_hooks[True], raw=False, strict_map_key=False)
+
+
+def decode(data: bytes, allow_pickle: bool = False) -> Any:
+    """Rebuild a value from ``encode``'s bytes; ``UndecodableValue`` on anything wrong."""
+    try:
+        return (_unpack_pickle if allow_pickle else _unpack_safe)(data)
+    except UndecodableValue:
+        raise
+    except Exception as exc:
+        raise UndecodableValue(f"corrupt or unsupported value: {exc}") from exc

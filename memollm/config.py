@@ -1,0 +1,98 @@
+"""Option parsing and defaults shared by the decorator, the CLI and the integrations."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import re
+import threading
+from typing import Any, Optional, Union
+
+from .stores.base import Store
+
+CACHE_DIR_ENV = "MEMOLLM_CACHE_DIR"
+SECRET_ENV = "MEMOLLM_SECRET"
+
+TTL = Union[int, float, _dt.timedelta, None]
+
+
+def default_cache_dir() -> str:
+    """``$MEMOLLM_CACHE_DIR``, else ``$XDG_CACHE_HOME/memollm``, else ``~/.cache/memollm``."""
+    explicit = os.environ.get(CACHE_DIR_ENV)
+    if explicit:
+        return os.path.expanduser(explicit)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    if xdg:
+        return os.path.join(os.path.expanduser(xdg), "memollm")
+    return os.path.join(os.path.expanduser("~"), ".cache", "memollm")
+
+
+def parse_ttl(ttl: Any) -> Optional[float]:
+    """Seconds as a float, or ``None`` for never; errors name the argument and the fix."""
+    if ttl is None:
+        return None
+    if isinstance(ttl, _dt.timedelta):
+        seconds = ttl.total_seconds()
+    elif isinstance(ttl, (int, float)) and not isinstance(ttl, bool):
+        seconds = float(ttl)
+    else:
+        raise TypeError(
+            f"cache_llm(ttl=...) must be a number of seconds or a datetime.timedelta (or None to never "
+            f"expire), not {type(ttl).__name__} {ttl!r}"
+        )
+    if not seconds > 0 or seconds != seconds or seconds == float("inf"):
+        raise ValueError(f"cache_llm(ttl={ttl!r}) must be a positive, finite duration; use ttl=None for entries that never expire")
+    return seconds
+
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12, "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
+
+
+def parse_size(size: Any, name: str = "max_size") -> Optional[int]:
+    """Bytes from an int or a ``"500MB"``/``"1GiB"`` string; ``None`` for unbounded."""
+    if size is None:
+        return None
+    if isinstance(size, int) and not isinstance(size, bool):
+        value = size
+    elif isinstance(size, str) and _SIZE_RE.match(size):
+        number, unit = _SIZE_RE.match(size).groups()  # type: ignore[union-attr]
+        unit = (unit or "").lower()
+        unit = unit[:-1] if unit.endswith("b") else unit
+        value = int(float(number) * _UNITS[unit])
+    else:
+        raise TypeError(f"{name}={size!r} must be a number of bytes or a string such as '500MB' or '2GiB'")
+    if value <= 0:
+        raise ValueError(f"{name}={size!r} must be positive; use None for no limit")
+    return value
+
+
+def secret_bytes(secret: Any) -> Optional[bytes]:
+    """The signing key from ``secret=`` or ``$MEMOLLM_SECRET``."""
+    if secret is None:
+        secret = os.environ.get(SECRET_ENV) or None
+    if secret is None:
+        return None
+    if isinstance(secret, str):
+        return secret.encode("utf-8")
+    if isinstance(secret, bytes):
+        return secret
+    raise TypeError(f"cache_llm(secret=...) must be str or bytes, not {type(secret).__name__}")
+
+
+_disk_stores: dict[str, Store] = {}
+_disk_lock = threading.Lock()
+
+
+def disk_store(cache_dir: "str | os.PathLike[str]") -> Store:
+    """The process-wide ``DiskStore`` for a cache dir (created on first use)."""
+    path = os.fspath(cache_dir)
+    store = _disk_stores.get(path)
+    if store is None:
+        from .stores.disk import DiskStore
+
+        with _disk_lock:
+            store = _disk_stores.get(path)
+            if store is None:
+                store = _disk_stores[path] = DiskStore(path)
+    return store

@@ -1,0 +1,148 @@
+"""The self-describing entry: one value or one recorded stream, with its metadata.
+
+Layout of the bytes (the same on disk, in memory and in Redis)::
+
+    b"MLLM" | format (1 byte) | flags (1 byte) | header length (4 bytes, big endian)
+    | header (msgpack map) | body (codec bytes) | xxh3-128 of all the above (16 bytes)
+    | HMAC-SHA256 of all the above (32 bytes, only when signed)
+
+The header carries the function, key, created/expires times, the original call's duration and
+the kind ("value" or "stream"), so an entry can be listed, expired and indexed on its own.
+A checksum mismatch, a bad signature or any malformed byte makes the entry unreadable: a miss.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import struct
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import msgpack
+import xxhash
+
+from . import codec
+
+MAGIC = b"MLLM"
+FORMAT = 1
+FLAG_SIGNED = 1
+_PREFIX = struct.Struct(">4sBBI")
+_CHECKSUM_LEN = 16
+_MAC_LEN = 32
+
+KIND_VALUE = "value"
+KIND_STREAM = "stream"
+
+
+class CorruptEntry(ValueError):
+    """The bytes are not a valid (or not a trusted) entry."""
+
+
+@dataclass
+class EntryMeta:
+    """What an entry says about itself (and what the index stores)."""
+
+    function: str
+    key: str
+    created: float
+    expires: Optional[float]
+    duration: float = 0.0
+    kind: str = KIND_VALUE
+    tokens: int = 0
+    size: int = 0
+
+    def expired(self, now: Optional[float] = None) -> bool:
+        return self.expires is not None and (time.time() if now is None else now) >= self.expires
+
+    def header(self) -> dict[str, Any]:
+        return {
+            "fn": self.function,
+            "key": self.key,
+            "created": self.created,
+            "expires": self.expires,
+            "duration": self.duration,
+            "kind": self.kind,
+            "tokens": self.tokens,
+        }
+
+
+@dataclass
+class Stream:
+    """A recorded stream: chunks in order, the generator's return value, chunk arrival offsets."""
+
+    chunks: list[Any]
+    result: Any = None
+    offsets: list[float] = field(default_factory=list)
+
+
+def pack_entry(meta: EntryMeta, body: bytes, secret: Optional[bytes] = None) -> bytes:
+    """Assemble an entry from its metadata and already-encoded body."""
+    header = msgpack.packb(meta.header(), use_bin_type=True)
+    flags = FLAG_SIGNED if secret else 0
+    data = _PREFIX.pack(MAGIC, FORMAT, flags, len(header)) + header + body
+    data += xxhash.xxh3_128_digest(data)
+    if secret:
+        data += hmac.new(secret, data, hashlib.sha256).digest()
+    return data
+
+
+def encode_value(meta: EntryMeta, value: Any, secret: Optional[bytes] = None, allow_pickle: bool = False) -> bytes:
+    """An entry holding one value (raises ``codec.UnencodableValue``)."""
+    return pack_entry(meta, codec.encode(value, allow_pickle), secret)
+
+
+def encode_stream(meta: EntryMeta, stream: Stream, secret: Optional[bytes] = None, allow_pickle: bool = False) -> bytes:
+    """An entry holding a recorded stream."""
+    body = codec.encode([stream.chunks, stream.result, stream.offsets], allow_pickle)
+    return pack_entry(meta, body, secret)
+
+
+def read_meta(data: bytes, secret: Optional[bytes] = None) -> tuple[EntryMeta, memoryview]:
+    """Verify ``data`` and return its metadata and body; ``CorruptEntry`` if anything is off."""
+    if len(data) < _PREFIX.size + _CHECKSUM_LEN:
+        raise CorruptEntry("entry too short")
+    magic, fmt, flags, header_len = _PREFIX.unpack_from(data)
+    if magic != MAGIC or fmt != FORMAT:
+        raise CorruptEntry("not a memollm entry")
+    end = len(data)
+    if flags & FLAG_SIGNED:
+        end -= _MAC_LEN
+        if secret is not None:
+            mac = hmac.new(secret, data[:end], hashlib.sha256).digest()
+            if not hmac.compare_digest(mac, data[end:]):
+                raise CorruptEntry("entry signature does not match the secret")
+    elif secret is not None:
+        raise CorruptEntry("entry is not signed, and a secret is set")
+    body_end = end - _CHECKSUM_LEN
+    if body_end < _PREFIX.size + header_len:
+        raise CorruptEntry("entry truncated")
+    view = memoryview(data)
+    if xxhash.xxh3_128_digest(view[:body_end]) != data[body_end:end]:
+        raise CorruptEntry("entry checksum mismatch (torn or altered)")
+    start = _PREFIX.size
+    try:
+        h = msgpack.unpackb(view[start : start + header_len], raw=False)
+        meta = EntryMeta(
+            function=h["fn"],
+            key=h["key"],
+            created=float(h["created"]),
+            expires=None if h["expires"] is None else float(h["expires"]),
+            duration=float(h.get("duration", 0.0)),
+            kind=h.get("kind", KIND_VALUE),
+            tokens=int(h.get("tokens", 0) or 0),
+            size=len(data),
+        )
+    except Exception as exc:
+        raise CorruptEntry(f"bad entry header: {exc}") from exc
+    return meta, view[start + header_len : body_end]
+
+
+def decode_body(meta: EntryMeta, body: memoryview, allow_pickle: bool = False) -> Any:
+    """The value, or a ``Stream``, held by an entry (``codec.UndecodableValue`` on failure)."""
+    value = codec.decode(body, allow_pickle)
+    if meta.kind == KIND_STREAM:
+        chunks, result, offsets = value
+        return Stream(chunks, result, offsets)
+    return value

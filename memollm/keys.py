@@ -1,0 +1,293 @@
+"""Cache keys: bind the arguments, drop secrets, normalize to msgpack, hash with xxh3-128.
+
+Everything here is pure (no I/O) and deterministic across processes, machines,
+``PYTHONHASHSEED`` and Python versions. The golden test in ``tests/test_keys_golden.py``
+pins the format: a change that alters keys must be deliberate.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import datetime as _dt
+import decimal
+import enum
+import inspect
+import pathlib
+import textwrap
+import uuid
+from collections.abc import Mapping
+from typing import Any, Callable, Iterable
+
+import msgpack
+import xxhash
+
+KEY_FORMAT = "memollm-key/1"
+
+# Parameters whose *names* mark them as secrets: left out of the key, never written.
+SECRET_PARAMETER_NAMES = frozenset(
+    {
+        "api_key",
+        "apikey",
+        "secret",
+        "password",
+        "passwd",
+        "authorization",
+        "token",
+        "access_token",
+        "auth_token",
+        "bearer_token",
+    }
+)
+SECRET_PARAMETER_SUFFIXES = ("_api_key", "_secret")
+HEADER_PARAMETER_NAMES = frozenset({"headers", "extra_headers"})
+SECRET_HEADER_NAMES = frozenset({"authorization", "api-key", "x-api-key"})
+
+# Extension type codes of tagged values in the key tree.
+TAG_SET = 1
+TAG_DATETIME = 2
+TAG_DATE = 3
+TAG_TIME = 4
+TAG_UUID = 5
+TAG_DECIMAL = 6
+TAG_PATH = 7
+TAG_CLASS = 8
+TAG_OBJECT = 9
+TAG_BIGINT = 10
+TAG_TIMEDELTA = 11
+TAG_COMPLEX = 12
+
+_pack = msgpack.Packer(use_bin_type=True, autoreset=True).pack
+
+
+def is_secret_name(name: str) -> bool:
+    """True if a parameter called ``name`` holds a secret (see ``SECRET_PARAMETER_NAMES``)."""
+    lowered = name.lower()
+    return lowered in SECRET_PARAMETER_NAMES or lowered.endswith(SECRET_PARAMETER_SUFFIXES)
+
+
+def _strip_secret_headers(headers: Any) -> Any:
+    if isinstance(headers, Mapping):
+        return {k: v for k, v in headers.items() if not (isinstance(k, str) and k.lower() in SECRET_HEADER_NAMES)}
+    return headers
+
+
+def scrub_arguments(arguments: Mapping[str, Any]) -> dict[str, Any]:
+    """Drop secret-named entries, and secret headers inside ``headers``/``extra_headers``."""
+    clean: dict[str, Any] = {}
+    for name, value in arguments.items():
+        if is_secret_name(name):
+            continue
+        if name.lower() in HEADER_PARAMETER_NAMES:
+            value = _strip_secret_headers(value)
+        clean[name] = value
+    return clean
+
+
+def qualified_name(obj: Any) -> str:
+    """``module.qualname`` of a class or function."""
+    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', getattr(obj, '__name__', '?'))}"
+
+
+class Unkeyable(TypeError):
+    """Raised when an argument cannot be turned into a key."""
+
+
+def _fail(value: Any, where: str) -> Unkeyable:
+    kind = qualified_name(type(value))
+    param = where.split("[", 1)[0].split(".", 1)[0]
+    return Unkeyable(
+        f"memollm cannot build a cache key from {where} of type {kind}: it has no stable, "
+        f"value-based representation. Fix it in one of these ways: leave it out of the key with "
+        f"cache_llm(ignore=({param!r},)); pass key=callable to cache_llm to choose what the key is "
+        f"made of; or give {type(value).__name__} a __cache_key__(self) method returning plain data."
+    )
+
+
+def _sorted_items(items: Iterable[tuple[Any, Any]]) -> list[tuple[Any, Any]]:
+    items = list(items)
+    if all(type(k) is str for k, _ in items):
+        items.sort(key=lambda kv: kv[0])
+    else:
+        items.sort(key=lambda kv: _pack(kv[0]))
+    return items
+
+
+def normalize(value: Any, where: str = "the argument") -> Any:
+    """Turn ``value`` into a canonical msgpack-able tree (sorted dict keys, tagged types)."""
+    t = type(value)
+    if t is str or t is bool or t is float or value is None or t is bytes:
+        return value
+    if t is int:
+        return value if -(2**63) <= value < 2**64 else msgpack.ExtType(TAG_BIGINT, str(value).encode())
+    if t is dict:
+        return dict(_sorted_items((normalize(k, where), normalize(v, f"{where}[{k!r}]")) for k, v in value.items()))
+    if t is list or t is tuple:
+        return [normalize(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    return _normalize_other(value, where)
+
+
+def _normalize_other(value: Any, where: str) -> Any:
+    cache_key = getattr(type(value), "__cache_key__", None)
+    if cache_key is not None and not isinstance(value, type):
+        inner = normalize(value.__cache_key__(), f"{where}.__cache_key__()")
+        return msgpack.ExtType(TAG_OBJECT, _pack([qualified_name(type(value)), inner]))
+    if isinstance(value, enum.Enum):
+        return normalize(value.value, f"{where}.value")
+    if isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, int):
+        return normalize(int(value), where)
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    if isinstance(value, type):
+        return msgpack.ExtType(TAG_CLASS, _pack(_class_identity(value)))
+    if isinstance(value, Mapping):
+        return normalize(dict(value.items()), where)
+    if isinstance(value, (list, tuple)):
+        return [normalize(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, (set, frozenset)):
+        members = sorted(_pack(normalize(v, f"{where}{{...}}")) for v in value)
+        return msgpack.ExtType(TAG_SET, b"".join(members))
+    if isinstance(value, _dt.datetime):
+        return msgpack.ExtType(TAG_DATETIME, value.isoformat().encode())
+    if isinstance(value, _dt.date):
+        return msgpack.ExtType(TAG_DATE, value.isoformat().encode())
+    if isinstance(value, _dt.time):
+        return msgpack.ExtType(TAG_TIME, value.isoformat().encode())
+    if isinstance(value, _dt.timedelta):
+        return msgpack.ExtType(TAG_TIMEDELTA, _pack([value.days, value.seconds, value.microseconds]))
+    if isinstance(value, uuid.UUID):
+        return msgpack.ExtType(TAG_UUID, value.bytes)
+    if isinstance(value, decimal.Decimal):
+        return msgpack.ExtType(TAG_DECIMAL, str(value).encode())
+    if isinstance(value, pathlib.PurePath):
+        return msgpack.ExtType(TAG_PATH, value.as_posix().encode())
+    if isinstance(value, complex):
+        return msgpack.ExtType(TAG_COMPLEX, _pack([value.real, value.imag]))
+    if dataclasses.is_dataclass(value):
+        fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+        return msgpack.ExtType(TAG_OBJECT, _pack([qualified_name(type(value)), normalize(fields, where)]))
+    model_dump = getattr(value, "model_dump", None)
+    if model_dump is not None and hasattr(type(value), "model_fields"):
+        data = normalize(model_dump(mode="python"), where)
+        return msgpack.ExtType(TAG_OBJECT, _pack([qualified_name(type(value)), data]))
+    raise _fail(value, where)
+
+
+def _class_identity(cls: type) -> list[Any]:
+    identity: list[Any] = [qualified_name(cls)]
+    schema = getattr(cls, "model_json_schema", None)
+    if schema is not None:
+        try:
+            identity.append(normalize(schema()))
+        except Exception:  # a model whose schema cannot be generated is keyed by name only
+            pass
+    return identity
+
+
+def digest(tree: Any) -> str:
+    """xxh3-128 hex digest (32 characters) of the msgpack form of a normalized tree."""
+    return xxhash.xxh3_128_hexdigest(_pack(tree))
+
+
+# ---------------------------------------------------------------------------------------------
+# Function identity
+
+
+def source_digest(func: Callable[..., Any]) -> str:
+    """Digest of the function's source (decorators excluded), or of its code object.
+
+    Source text is normalized (dedented, ``\\n`` line endings) so keys agree across machines.
+    Without source (REPL, ``python -c``) the code object is digested: such keys are tied to
+    the Python version.
+    """
+    func = inspect.unwrap(func)
+    try:
+        text = _source_without_decorators(inspect.getsource(func))
+    except (OSError, TypeError, SyntaxError, IndentationError):
+        return "code:" + xxhash.xxh3_128_hexdigest(_pack(_code_tree(func.__code__)))
+    return "src:" + xxhash.xxh3_128_hexdigest(text.encode("utf-8"))
+
+
+def _source_without_decorators(source: str) -> str:
+    source = textwrap.dedent(source.replace("\r\n", "\n").replace("\r", "\n"))
+    lines = source.split("\n")
+    tree = ast.parse(source)
+    node = tree.body[0]
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        lines = lines[node.lineno - 1 :]
+    return "\n".join(line.rstrip() for line in lines).strip("\n")
+
+
+def _code_tree(code: Any) -> list[Any]:
+    consts = [_code_tree(c) if hasattr(c, "co_code") else repr(c) for c in code.co_consts]
+    return [code.co_code, consts, list(code.co_names), list(code.co_varnames)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Binding
+
+
+class ArgumentBinder:
+    """Binds call arguments to a signature with defaults applied, quickly for simple signatures."""
+
+    def __init__(self, signature: inspect.Signature) -> None:
+        self.signature = signature
+        params = list(signature.parameters.values())
+        P = inspect.Parameter
+        self._simple = all(p.kind in (P.POSITIONAL_OR_KEYWORD, P.KEYWORD_ONLY) for p in params)
+        self._positional = [p.name for p in params if p.kind is P.POSITIONAL_OR_KEYWORD]
+        self._names = [p.name for p in params]
+        self._nameset = frozenset(self._names)
+        self._defaults = [(p.name, p.default) for p in params if p.default is not P.empty]
+        self._required = frozenset(p.name for p in params if p.default is P.empty)
+        self.var_keyword = next((p.name for p in params if p.kind is P.VAR_KEYWORD), None)
+
+    def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Return ``{parameter: value}``; ``TypeError`` if the call does not fit the signature."""
+        if self._simple and len(args) <= len(self._positional):
+            bound = dict(zip(self._positional, args))
+            for name, value in kwargs.items():
+                if name in bound or name not in self._nameset:
+                    return self._slow_bind(args, kwargs)
+                bound[name] = value
+            for name, default in self._defaults:
+                if name not in bound:
+                    bound[name] = default
+            if len(bound) == len(self._names):
+                return bound
+        return self._slow_bind(args, kwargs)
+
+    def _slow_bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        ba = self.signature.bind(*args, **kwargs)
+        ba.apply_defaults()
+        bound = dict(ba.arguments)
+        if self.var_keyword is not None:
+            # **kwargs entries are keyed (and scrubbed) like named parameters.
+            extra = bound.pop(self.var_keyword, {})
+            for name, value in extra.items():
+                bound["**" + name] = value
+        return bound
+
+
+def arguments_tree(bound: Mapping[str, Any], ignore: frozenset[str]) -> dict[str, Any]:
+    """The normalized, secret-free argument map of one call."""
+    tree: dict[str, Any] = {}
+    for name, value in bound.items():
+        plain = name[2:] if name.startswith("**") else name
+        if plain in ignore or is_secret_name(plain):
+            continue
+        if plain.lower() in HEADER_PARAMETER_NAMES:
+            value = _strip_secret_headers(value)
+        tree[name] = normalize(value, f"argument {plain!r}")
+    return dict(sorted(tree.items()))
+
+
+def make_key(identity: list[Any], arguments: Any) -> str:
+    """Final key: digest of ``[format, identity..., arguments]``."""
+    return digest([KEY_FORMAT, *identity, arguments])

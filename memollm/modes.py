@@ -1,0 +1,75 @@
+"""Cache modes and how one is chosen for a call (pure logic, no I/O).
+
+Precedence, innermost first: a ``cache_mode()`` block at the call site, the ``MEMOLLM_MODE``
+environment variable, the decorator's ``mode=``, then ``readwrite``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import enum
+import os
+from typing import Iterator, Optional, Union
+
+MODE_ENV = "MEMOLLM_MODE"
+
+
+class Mode(str, enum.Enum):
+    """What a decorated call does with the cache."""
+
+    READWRITE = "readwrite"  #: serve hits, record misses
+    READONLY = "readonly"  #: serve hits, never write
+    REFRESH = "refresh"  #: always call the provider and overwrite the entry
+    OFFLINE = "offline"  #: serve hits only; a miss raises CacheMiss
+    OFF = "off"  #: bypass the cache entirely
+
+    @property
+    def reads(self) -> bool:
+        return self in (Mode.READWRITE, Mode.READONLY, Mode.OFFLINE)
+
+    @property
+    def writes(self) -> bool:
+        return self in (Mode.READWRITE, Mode.REFRESH)
+
+
+VALID_MODES = tuple(m.value for m in Mode)
+_context_mode: contextvars.ContextVar[Optional[Mode]] = contextvars.ContextVar("memollm_mode", default=None)
+
+
+def parse_mode(value: Union[str, Mode], source: str = "mode") -> Mode:
+    """``Mode`` from a string; ``ValueError`` listing the valid modes otherwise."""
+    if isinstance(value, Mode):
+        return value
+    if isinstance(value, str):
+        try:
+            return Mode(value.strip().lower())
+        except ValueError:
+            pass
+    raise ValueError(f"{source}={value!r} is not a memollm cache mode; use one of: {', '.join(VALID_MODES)}")
+
+
+@contextlib.contextmanager
+def cache_mode(mode: Union[str, Mode]) -> Iterator[Mode]:
+    """Use ``mode`` for every cached call in this block (and in asyncio tasks started in it).
+
+    It is a context variable: new threads start without it (they see ``MEMOLLM_MODE`` or the
+    decorator's mode) unless run through ``contextvars.copy_context().run``.
+    """
+    parsed = parse_mode(mode)
+    token = _context_mode.set(parsed)
+    try:
+        yield parsed
+    finally:
+        _context_mode.reset(token)
+
+
+def current_mode(default: Optional[Mode] = None) -> Mode:
+    """The mode in force for a call whose decorator says ``default``."""
+    mode = _context_mode.get()
+    if mode is not None:
+        return mode
+    env = os.environ.get(MODE_ENV)
+    if env:
+        return parse_mode(env, MODE_ENV)
+    return default or Mode.READWRITE

@@ -1,0 +1,74 @@
+"""Counters of what the cache did and saved, and the token usage carried by results."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+
+@dataclass(frozen=True)
+class CacheInfo:
+    """What ``cache_info()`` returns: this process's counters plus the store's entries."""
+
+    hits: int
+    misses: int
+    entries: int
+    bytes: int
+    seconds_saved: float
+    tokens_saved: int
+
+
+class Counters:
+    """Thread-safe hit/miss counters of one decorated function."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.reset()
+
+    def reset(self) -> None:
+        self.hits = 0
+        self.misses = 0
+        self.seconds_saved = 0.0
+        self.tokens_saved = 0
+
+    def hit(self, duration: float, tokens: int) -> None:
+        with self._lock:
+            self.hits += 1
+            self.seconds_saved += duration
+            self.tokens_saved += tokens
+
+    def miss(self) -> None:
+        with self._lock:
+            self.misses += 1
+
+
+def _field(obj: Any, name: str) -> Any:
+    if isinstance(obj, Mapping):
+        return obj.get(name)
+    return getattr(obj, name, None)
+
+
+def tokens_of(value: Any) -> int:
+    """Tokens a result used: OpenAI ``usage.total_tokens`` or Anthropic input + output tokens."""
+    usage = _field(value, "usage")
+    if usage is None:
+        return 0
+    total = _field(usage, "total_tokens")
+    if isinstance(total, int):
+        return total
+    parts = [_field(usage, "input_tokens"), _field(usage, "output_tokens")]
+    return sum(p for p in parts if isinstance(p, int))
+
+
+def stream_tokens(chunks: list[Any]) -> int:
+    """Tokens reported by a stream's chunks (OpenAI's usage chunk, Anthropic's message events)."""
+    total = input_tokens = output_tokens = 0
+    for chunk in chunks:
+        for usage in (_field(chunk, "usage"), _field(_field(chunk, "message"), "usage")):
+            if usage is None:
+                continue
+            values = [_field(usage, n) for n in ("total_tokens", "input_tokens", "output_tokens")]
+            t, i, o = (v if isinstance(v, int) else 0 for v in values)
+            total, input_tokens, output_tokens = max(total, t), max(input_tokens, i), max(output_tokens, o)
+    return total or input_tokens + output_tokens

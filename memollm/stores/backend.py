@@ -1,0 +1,116 @@
+"""A joblib store backend that keeps raw entry bytes instead of pickles.
+
+joblib's ``FileSystemStoreBackend`` gives the location layout (``<cache_dir>/joblib/<function>/
+<call id>/``), the concurrency-safe write (a uniquely named temporary file, then an atomic
+rename) and item management. Its ``dump_item``/``load_item`` pickle; ours write and read bytes,
+so nothing loaded from a cache dir is ever unpickled. Registered as joblib backend ``"memollm"``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from typing import Any, Iterator, Optional
+
+import xxhash
+from joblib import register_store_backend
+from joblib._store_backends import FileSystemStoreBackend
+
+ITEM_FILENAME = "output.msgpack"
+_KEY_RE = re.compile(r"^[0-9a-f]{32}$")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def function_dirname(function: str) -> str:
+    """A portable directory name for a function identity (``module.qualname``)."""
+    safe = _UNSAFE.sub("_", function)
+    if safe != function or len(safe) > 120:
+        safe = f"{safe[:100]}-{xxhash.xxh3_64_hexdigest(function.encode())[:8]}"
+    return safe
+
+
+def call_id(function: str, key: str) -> tuple[str, str, str]:
+    """joblib call id of an entry: function dir, a two-character shard, the key."""
+    return (function_dirname(function), key[:2], key)
+
+
+def make_private_dirs(path: str) -> None:
+    """``mkdir -p`` with mode 0700 for every directory created."""
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+    except FileExistsError:
+        if not os.path.isdir(path):
+            raise
+
+
+class MsgpackStoreBackend(FileSystemStoreBackend):
+    """File-system store backend for opaque entry bytes (files 0600, directories 0700)."""
+
+    def configure(self, location: str, verbose: int = 0, backend_options: Optional[dict[str, Any]] = None) -> None:
+        # Unlike joblib's, writes no ``.gitignore`` of ``*``: cache dirs are meant to be committable.
+        self.location = location
+        self.verbose = verbose
+        self.compress = False
+        self.mmap_mode = None
+        make_private_dirs(location)
+
+    def create_location(self, location: str) -> None:
+        make_private_dirs(location)
+
+    def item_path(self, call: tuple[str, ...]) -> str:
+        return os.path.join(self.location, *call, ITEM_FILENAME)
+
+    def dump_item(self, call_id: tuple[str, ...], item: bytes, verbose: int = 0) -> None:  # type: ignore[override]
+        """Write ``item`` atomically; raises ``OSError`` on failure (the caller reports it)."""
+        item_dir = os.path.join(self.location, *call_id)
+        make_private_dirs(item_dir)
+
+        def write_bytes(data: bytes, dest: str) -> None:
+            fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+            except BaseException:
+                try:
+                    os.unlink(dest)
+                except OSError:
+                    pass
+                raise
+
+        self._concurrency_safe_write(item, os.path.join(item_dir, ITEM_FILENAME), write_bytes)
+
+    def load_item(self, call_id: tuple[str, ...], verbose: int = 0, timestamp: Any = None, metadata: Any = None) -> bytes:  # type: ignore[override]
+        """Raw bytes of an item; ``FileNotFoundError`` if absent."""
+        with open(os.path.join(self.location, *call_id, ITEM_FILENAME), "rb") as f:
+            return f.read()
+
+    def contains_item(self, call_id: tuple[str, ...]) -> bool:
+        return os.path.exists(self.item_path(call_id))
+
+    def clear_item(self, call_id: tuple[str, ...]) -> None:
+        shutil.rmtree(os.path.join(self.location, *call_id), ignore_errors=True)
+
+    def iter_item_paths(self, function: Optional[str] = None) -> Iterator[str]:
+        """Paths of every stored item file (of one function if given)."""
+        roots = [os.path.join(self.location, function_dirname(function))] if function else [self.location]
+        for root in roots:
+            for dirpath, _dirs, files in os.walk(root):
+                if ITEM_FILENAME in files and _KEY_RE.match(os.path.basename(dirpath)):
+                    yield os.path.join(dirpath, ITEM_FILENAME)
+
+    def iter_leftovers(self, older_than: float) -> Iterator[str]:
+        """Temporary files of interrupted writes, last modified before ``older_than``."""
+        prefix = ITEM_FILENAME + "."
+        for dirpath, _dirs, files in os.walk(self.location):
+            for name in files:
+                if name.startswith(prefix):
+                    path = os.path.join(dirpath, name)
+                    try:
+                        if os.stat(path).st_mtime < older_than:
+                            yield path
+                    except OSError:
+                        continue
+
+
+register_store_backend("memollm", MsgpackStoreBackend)

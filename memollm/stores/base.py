@@ -1,0 +1,61 @@
+"""The store interface: a mapping from (function, key) to entry bytes, with expiry."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Iterator, Optional
+
+from ..entry import EntryMeta
+
+
+@dataclass
+class PruneReport:
+    """What ``Store.prune`` removed."""
+
+    entries: int = 0
+    bytes: int = 0
+    leftovers: int = 0
+
+
+class Store(abc.ABC):
+    """A place to keep entries. Implementations: ``DiskStore``, ``MemoryStore``, ``RedisStore``.
+
+    ``function`` is the decorated function's identity (``module.qualname``); ``key`` the
+    32-hex-character cache key. Values are opaque entry bytes (see ``memollm.entry``), which
+    carry their own expiry; a store may also expire them itself.
+    """
+
+    #: Shown in messages (a path or URL).
+    location: str = ""
+
+    @abc.abstractmethod
+    def get(self, function: str, key: str) -> Optional[bytes]:
+        """Entry bytes, or ``None`` if absent."""
+
+    @abc.abstractmethod
+    def set(self, meta: EntryMeta, data: bytes) -> None:
+        """Store ``data`` for ``(meta.function, meta.key)``; ``meta.expires`` is absolute epoch seconds."""
+
+    @abc.abstractmethod
+    def delete(self, function: str, key: str) -> bool:
+        """Remove one entry; True if it existed."""
+
+    @abc.abstractmethod
+    def clear(self, function: Optional[str] = None) -> int:
+        """Remove every entry (of ``function`` if given); returns how many."""
+
+    @abc.abstractmethod
+    def entries(self, function: Optional[str] = None) -> Iterator[EntryMeta]:
+        """Metadata of the stored entries (of ``function`` if given)."""
+
+    def count(self, function: Optional[str] = None) -> int:
+        """Number of entries (of ``function`` if given)."""
+        return sum(1 for _ in self.entries(function))
+
+    def prune(self) -> PruneReport:
+        """Remove expired entries and leftovers."""
+        return PruneReport()
+
+    def close(self) -> None:
+        """Release connections and files."""

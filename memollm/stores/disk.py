@@ -1,0 +1,203 @@
+"""The disk store: entries through joblib's store backend, expiry in a SQLite sidecar index."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import time
+from typing import Any, Callable, Iterator, Optional, TypeVar
+
+import joblib
+
+from ..entry import CorruptEntry, EntryMeta, read_meta
+from ..report import warn_once
+from .backend import call_id, function_dirname, make_private_dirs
+from .base import PruneReport, Store
+from .index import INDEX_FILENAME, Index
+
+T = TypeVar("T")
+
+GITIGNORE = (
+    "# Written by memollm. Entries (joblib/) are meant to be committable and portable;\n"
+    "# the index is rebuilt from them, and temporary files are leftovers of interrupted writes.\n"
+    f"{INDEX_FILENAME}*\n"
+    "*.corrupt-*\n"
+    "output.msgpack.*\n"
+)
+JOBLIB_GITIGNORE = "# Created by joblib automatically.\n*\n"
+LEFTOVER_AGE = 600.0  # seconds before a temporary file counts as the leftover of a dead writer
+
+
+class DiskStore(Store):
+    """Entries under ``<cache_dir>/joblib/<function>/<xx>/<key>/output.msgpack``."""
+
+    def __init__(self, cache_dir: "str | os.PathLike[str]") -> None:
+        self.location = os.path.abspath(os.path.expanduser(os.fspath(cache_dir)))
+        make_private_dirs(self.location)
+        self._write_gitignore()
+        self.memory = joblib.Memory(self.location, backend="memollm", verbose=0)
+        self.backend = self.memory.store_backend
+        self.index = Index(self.location)
+        self._index_ready = False
+
+    def _write_gitignore(self) -> None:
+        path = os.path.join(self.location, ".gitignore")
+        try:
+            with open(path) as f:
+                current: Optional[str] = f.read()
+        except OSError:
+            current = None
+        if current is None or current == JOBLIB_GITIGNORE:
+            try:
+                with open(path, "w") as f:
+                    f.write(GITIGNORE)
+            except OSError:
+                pass
+
+    # -- the index, used defensively -------------------------------------------------------
+
+    def _with_index(self, op: Callable[[], T], fallback: Callable[[], T]) -> T:
+        """Run an index operation; on a corrupt index rebuild it, on other failures fall back."""
+        for attempt in range(2):
+            try:
+                self._ensure_index()
+                return op()
+            except sqlite3.DatabaseError as exc:
+                if attempt == 0 and _is_corruption(exc):
+                    self._quarantine_index(exc)
+                    continue
+                warn_once(self.location, "index", f"memollm: the cache index {self.index.path} is unusable ({exc}); working without it")
+                return fallback()
+            except OSError as exc:
+                warn_once(self.location, "index", f"memollm: the cache index {self.index.path} is unusable ({exc}); working without it")
+                return fallback()
+        return fallback()
+
+    def _quarantine_index(self, exc: Exception) -> None:
+        warn_once(self.location, "index-corrupt", f"memollm: the cache index {self.index.path} was corrupt ({exc}); rebuilding it from the entries")
+        self.index.close()
+        self.index._schema_ready = False
+        self._index_ready = False
+        stamp = f"{int(time.time())}-{os.getpid()}"
+        for suffix in ("", "-wal", "-shm"):
+            try:
+                os.replace(self.index.path + suffix, f"{self.index.path}{suffix}.corrupt-{stamp}")
+            except OSError:
+                pass
+
+    def _ensure_index(self) -> None:
+        if self._index_ready:
+            return
+        if self.index.get_info("built") is None:
+            self.rebuild_index()
+        self._index_ready = True
+
+    def rebuild_index(self) -> int:
+        """Re-create the index rows from the entries themselves; returns how many."""
+        metas = list(self._scan())
+        self.index.put_many(metas)
+        self.index.set_info("built", time.time())
+        return len(metas)
+
+    def _scan(self, function: Optional[str] = None) -> Iterator[EntryMeta]:
+        for path in self.backend.iter_item_paths(function):
+            try:
+                with open(path, "rb") as f:
+                    meta, _ = read_meta(f.read())
+            except (OSError, CorruptEntry):
+                continue
+            if os.path.basename(os.path.dirname(path)) == meta.key and (function is None or meta.function == function):
+                yield meta
+
+    # -- the Store interface -----------------------------------------------------------------
+
+    def get(self, function: str, key: str) -> Optional[bytes]:
+        try:
+            return self.backend.load_item(call_id(function, key))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def set(self, meta: EntryMeta, data: bytes) -> None:
+        self.backend.dump_item(call_id(meta.function, meta.key), data)
+        meta.size = len(data)
+        self._with_index(lambda: self.index.put(meta), lambda: None)
+
+    def delete(self, function: str, key: str) -> bool:
+        cid = call_id(function, key)
+        existed = self.backend.contains_item(cid)
+        self.backend.clear_item(cid)
+        self._with_index(lambda: self.index.remove([key]), lambda: None)
+        return existed
+
+    def clear(self, function: Optional[str] = None) -> int:
+        removed = sum(1 for _ in self.backend.iter_item_paths(function))
+        root = self.backend.location
+        targets = [os.path.join(root, function_dirname(function))] if function else _children(root)
+        for target in targets:
+            shutil.rmtree(target, ignore_errors=True)
+        self._with_index(lambda: self.index.remove_function(function), lambda: None)
+        return removed
+
+    def entries(self, function: Optional[str] = None) -> Iterator[EntryMeta]:
+        def from_index() -> list[EntryMeta]:
+            return [_meta_from_row(r) for r in self.index.rows(function)]
+
+        return iter(self._with_index(from_index, lambda: list(self._scan(function))))
+
+    def count(self, function: Optional[str] = None) -> int:
+        return self._with_index(lambda: self.index.count(function), lambda: sum(1 for _ in self._scan(function)))
+
+    def prune(self) -> PruneReport:
+        report = PruneReport()
+        now = time.time()
+
+        def expire() -> None:
+            while True:
+                rows = self.index.expired(now)
+                for key, function, size in rows:
+                    self.backend.clear_item(call_id(function, key))
+                    report.entries += 1
+                    report.bytes += size
+                self.index.remove(r[0] for r in rows)
+                if len(rows) < 1000:
+                    return
+
+        self._with_index(expire, lambda: None)
+        for path in self.backend.iter_leftovers(now - LEFTOVER_AGE):
+            try:
+                size = os.stat(path).st_size
+                os.unlink(path)
+            except OSError:
+                continue
+            report.leftovers += 1
+            report.bytes += size
+        return report
+
+    def close(self) -> None:
+        self.index.close()
+
+
+def _children(root: str) -> list[str]:
+    try:
+        return [os.path.join(root, name) for name in os.listdir(root)]
+    except OSError:
+        return []
+
+
+def _is_corruption(exc: sqlite3.DatabaseError) -> bool:
+    text = str(exc).lower()
+    return "malformed" in text or "not a database" in text or "file is encrypted" in text
+
+
+def _meta_from_row(row: dict[str, Any]) -> EntryMeta:
+    return EntryMeta(
+        function=row["function"],
+        key=row["key"],
+        created=row["created"],
+        expires=row["expires"],
+        duration=row["duration"],
+        kind=row["kind"],
+        tokens=row["tokens"],
+        size=row["size"],
+    )
