@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import inspect
+import io
 import os
 import time
+from collections.abc import AsyncIterator, Iterator
 from typing import Any, Callable, Iterable, Optional, TypeVar, Union, overload
 
 import wrapt
 
-from . import keys
+from . import flight, keys, streams
 from .codec import UndecodableValue, UnencodableValue
-from .config import TTL, default_cache_dir, disk_store, parse_ttl, secret_bytes
-from .entry import KIND_VALUE, CorruptEntry, EntryMeta, decode_body, encode_value, read_meta
+from .config import TTL, default_cache_dir, disk_store, parse_size, parse_ttl, secret_bytes
+from .entry import KIND_STREAM, KIND_VALUE, CorruptEntry, EntryMeta, Stream, decode_body, encode_value, pack_entry, read_meta
 from .errors import CacheMiss, UncacheableValueWarning
 from .modes import Mode, current_mode, parse_mode
 from .report import warn_once
@@ -41,6 +43,8 @@ class _Engine:
         mode: Optional[Mode],
         allow_pickle: bool,
         secret: Optional[bytes],
+        replay: str,
+        max_stream_size: int,
     ) -> None:
         self.func = func
         self.function_id = keys.qualified_name(func)
@@ -51,6 +55,8 @@ class _Engine:
         self.mode = mode
         self.allow_pickle = allow_pickle
         self.secret = secret
+        self.realtime = replay == "realtime"
+        self.max_stream_size = max_stream_size
         self.counters = Counters()
         self.signature = inspect.signature(func)
         self.binder = keys.ArgumentBinder(self.signature)
@@ -136,16 +142,7 @@ class _Engine:
 
     def save(self, store: Store, key: str, value: Any, duration: float) -> None:
         """Store a value; unstorable values and failed writes warn, never raise."""
-        now = time.time()
-        meta = EntryMeta(
-            function=self.function_id,
-            key=key,
-            created=now,
-            expires=None if self.ttl is None else now + self.ttl,
-            duration=duration,
-            kind=KIND_VALUE,
-            tokens=tokens_of(value),
-        )
+        meta = self.new_meta(key, duration, tokens_of(value), KIND_VALUE)
         try:
             data = encode_value(meta, value, self.secret, self.allow_pickle)
         except UnencodableValue as exc:
@@ -153,6 +150,11 @@ class _Engine:
             warn_once(self.function_id, "unencodable:" + kind, f"memollm: {self.function_id} returned a {kind} that was not cached: {exc}", UncacheableValueWarning)
             return
         self.write(store, meta, data)
+
+    def new_meta(self, key: str, duration: float, tokens: int, kind: str) -> EntryMeta:
+        now = time.time()
+        expires = None if self.ttl is None else now + self.ttl
+        return EntryMeta(self.function_id, key, now, expires, duration, kind, tokens)
 
     def write(self, store: Store, meta: EntryMeta, data: bytes) -> None:
         try:
@@ -172,6 +174,64 @@ class _Engine:
             cache_dir=where,
         )
 
+    # -- single flight --------------------------------------------------------------------
+
+    def acquire(self, mode: Mode, store: Optional[Store], key: str) -> tuple[Any, Callable[[], None]]:
+        """Lead the computation of ``key`` (``(_MISSING, release)``) or get what a leader stored."""
+        if mode is not Mode.READWRITE or store is None:
+            return _MISSING, _noop
+        flight_key = f"{store.location}\0{key}"
+        deadline = time.monotonic() + flight.DEFAULT_TIMEOUT
+        while True:
+            leader, event = flight.FLIGHTS.lead(flight_key)
+            if leader:
+                break
+            event.wait(max(0.0, deadline - time.monotonic()))
+            value = self.lookup(store, key)
+            if value is not _MISSING or time.monotonic() >= deadline:
+                return value, _noop
+        lock_path = getattr(store, "lock_path", _no_lock_path)(key)
+        lock = flight.lock_file(lock_path, deadline) if lock_path else None
+        return self._after_lock(store, key, flight_key, event, lock)
+
+    async def acquire_async(self, mode: Mode, store: Optional[Store], key: str) -> tuple[Any, Callable[[], None]]:
+        """``acquire`` for coroutines: waiting never blocks the event loop."""
+        if mode is not Mode.READWRITE or store is None:
+            return _MISSING, _noop
+        flight_key = f"{store.location}\0{key}"
+        deadline = time.monotonic() + flight.DEFAULT_TIMEOUT
+        while True:
+            leader, event = flight.FLIGHTS.lead(flight_key)
+            if leader:
+                break
+            await flight.wait_async(event, max(0.0, deadline - time.monotonic()))
+            value = self.lookup(store, key)
+            if value is not _MISSING or time.monotonic() >= deadline:
+                return value, _noop
+        lock_path = getattr(store, "lock_path", _no_lock_path)(key)
+        lock = await flight.lock_file_async(lock_path, deadline) if lock_path else None
+        return self._after_lock(store, key, flight_key, event, lock)
+
+    def _after_lock(self, store: Store, key: str, flight_key: str, event: Any, lock: Optional[flight.FileLock]) -> tuple[Any, Callable[[], None]]:
+        released: list[bool] = []
+
+        def release() -> None:
+            if not released:
+                released.append(True)
+                if lock is not None:
+                    lock.release()
+                flight.FLIGHTS.land(flight_key, event)
+
+        try:
+            value = self.lookup(store, key) if lock is not None else _MISSING  # another process may have filled it
+        except BaseException:
+            release()
+            raise
+        if value is not _MISSING:
+            release()
+            return value, _noop
+        return _MISSING, release
+
     # -- call paths -----------------------------------------------------------------------
 
     def prepare(self, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -186,37 +246,150 @@ class _Engine:
         value = _MISSING
         if store is not None and mode.reads:
             value = self.lookup(store, key)
-        if value is _MISSING:
-            if mode is Mode.OFFLINE:
-                raise self.miss_error(store, key)
-            self.counters.miss()
+        if value is _MISSING and mode is Mode.OFFLINE:
+            raise self.miss_error(store, key)
         return mode, store, key, value
+
+    def finisher(self, mode: Mode, store: Optional[Store], key: str, release: Callable[[], None]) -> streams.Finish:
+        """The callback that stores a completed stream (once) and ends the flight."""
+        done: list[bool] = []
+
+        def finish(recorder: Optional[streams.Recorder], result: Any) -> None:
+            if done:
+                return
+            done.append(True)
+            try:
+                if recorder is not None and store is not None and mode.writes:
+                    self.save_stream(store, key, recorder, result)
+            finally:
+                release()
+
+        return finish
+
+    def save_stream(self, store: Store, key: str, recorder: streams.Recorder, result: Any) -> None:
+        if recorder.problem is not None:
+            warn_once(self.function_id, "stream:" + recorder.problem[:40], f"memollm: a stream of {self.function_id} was passed through but not cached: {recorder.problem}", UncacheableValueWarning)
+            return
+        meta = self.new_meta(key, recorder.duration, recorder.usage.tokens(), KIND_STREAM)
+        try:
+            body = recorder.body(result)
+        except UnencodableValue as exc:
+            warn_once(self.function_id, "stream-result", f"memollm: the return value of a stream of {self.function_id} cannot be stored: {exc}", UncacheableValueWarning)
+            return
+        self.write(store, meta, pack_entry(meta, body, self.secret))
+
+    def deliver(self, value: Any, is_async: bool) -> Any:
+        """A hit's value; a recorded stream becomes a replay object."""
+        if isinstance(value, Stream):
+            return streams.AsyncReplayStream(value, self.realtime) if is_async else streams.ReplayStream(value, self.realtime)
+        return value
 
     def call_sync(self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         plan = self.prepare(instance, args, kwargs)
         if plan is None:
             return wrapped(*args, **kwargs)
         mode, store, key, value = plan
+        release = _noop
+        if value is _MISSING:
+            value, release = self.acquire(mode, store, key)
         if value is not _MISSING:
-            return value
-        start = time.perf_counter()
-        result = wrapped(*args, **kwargs)
-        if store is not None and mode.writes:
-            self.save(store, key, result, time.perf_counter() - start)
-        return result
+            return self.deliver(value, False)
+        try:
+            self.counters.miss()
+            start = time.perf_counter()
+            result = wrapped(*args, **kwargs)
+            duration = time.perf_counter() - start
+            if _is_stream(result):
+                recorder = streams.Recorder(self.max_stream_size, self.allow_pickle)
+                stream = streams.RecordingStream(result, recorder, self.finisher(mode, store, key, release))
+                release = _noop
+                return stream
+            if store is not None and mode.writes:
+                self.save(store, key, result, duration)
+            return result
+        finally:
+            release()
 
     async def call_async(self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         plan = self.prepare(instance, args, kwargs)
         if plan is None:
             return await wrapped(*args, **kwargs)
         mode, store, key, value = plan
+        release = _noop
+        if value is _MISSING:
+            value, release = await self.acquire_async(mode, store, key)
         if value is not _MISSING:
-            return value
-        start = time.perf_counter()
-        result = await wrapped(*args, **kwargs)
-        if store is not None and mode.writes:
-            self.save(store, key, result, time.perf_counter() - start)
-        return result
+            return self.deliver(value, True)
+        try:
+            self.counters.miss()
+            start = time.perf_counter()
+            result = await wrapped(*args, **kwargs)
+            duration = time.perf_counter() - start
+            if _is_async_stream(result) or _is_stream(result):
+                recorder = streams.Recorder(self.max_stream_size, self.allow_pickle)
+                finish = self.finisher(mode, store, key, release)
+                release = _noop
+                if _is_async_stream(result):
+                    return streams.AsyncRecordingStream(result, recorder, finish)
+                return streams.RecordingStream(result, recorder, finish)
+            if store is not None and mode.writes:
+                self.save(store, key, result, duration)
+            return result
+        finally:
+            release()
+
+    def call_generator(self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        def run() -> Any:
+            plan = self.prepare(instance, args, kwargs)
+            if plan is None:
+                return (yield from wrapped(*args, **kwargs))
+            mode, store, key, value = plan
+            release = _noop
+            if value is _MISSING:
+                value, release = self.acquire(mode, store, key)
+            if isinstance(value, Stream):
+                return (yield from streams.replay(value, self.realtime))
+            finish = self.finisher(mode, store, key, release)
+            try:
+                self.counters.miss()
+                source = wrapped(*args, **kwargs)
+            except BaseException:
+                finish(None, None)
+                raise
+            recorder = streams.Recorder(self.max_stream_size, self.allow_pickle)
+            return (yield from streams.record(source, recorder, finish))
+
+        return run()
+
+    def call_async_generator(self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        async def run() -> Any:
+            plan = self.prepare(instance, args, kwargs)
+            if plan is None:
+                chunks = streams.record_async(wrapped(*args, **kwargs), streams.Recorder(0, False), _ignore_finish)
+            else:
+                mode, store, key, value = plan
+                release = _noop
+                if value is _MISSING:
+                    value, release = await self.acquire_async(mode, store, key)
+                if isinstance(value, Stream):
+                    chunks = streams.replay_async(value, self.realtime)
+                else:
+                    finish = self.finisher(mode, store, key, release)
+                    try:
+                        self.counters.miss()
+                        source = wrapped(*args, **kwargs)
+                    except BaseException:
+                        finish(None, None)
+                        raise
+                    recorder = streams.Recorder(self.max_stream_size, self.allow_pickle)
+                    chunks = streams.record_async(source, recorder, finish)
+            try:
+                async for chunk in chunks:
+                    yield chunk
+            finally:
+                await chunks.aclose()
+
+        return run()
 
     # -- management -----------------------------------------------------------------------
 
@@ -302,15 +475,42 @@ class CachedFunction(_CacheMethods, wrapt.FunctionWrapper):  # type: ignore[misc
     def __init__(self, wrapped: Any, engine: _Engine) -> None:
         call = {
             "async": engine.call_async,
+            "generator": engine.call_generator,
+            "async_generator": engine.call_async_generator,
         }.get(_call_kind(engine.func), engine.call_sync)
         super().__init__(wrapped, call)
         self._self_engine = engine
 
 
 def _call_kind(func: Callable[..., Any]) -> str:
+    if inspect.isasyncgenfunction(func):
+        return "async_generator"
     if inspect.iscoroutinefunction(func):
         return "async"
+    if inspect.isgeneratorfunction(func):
+        return "generator"
     return "sync"
+
+
+def _is_stream(value: Any) -> bool:
+    """A returned iterator (an SDK stream, a generator), as opposed to a value."""
+    return isinstance(value, Iterator) and not isinstance(value, (str, bytes, dict, list, tuple, io.IOBase))
+
+
+def _is_async_stream(value: Any) -> bool:
+    return isinstance(value, AsyncIterator)
+
+
+def _noop() -> None:
+    return None
+
+
+def _no_lock_path(key: str) -> None:
+    return None
+
+
+def _ignore_finish(recorder: Any, result: Any) -> None:
+    return None
 
 
 def _check_ignore(func: Callable[..., Any], signature: inspect.Signature, ignore: frozenset[str]) -> None:
@@ -374,6 +574,8 @@ def cache_llm(
     mode: Union[str, Mode, None] = None,
     allow_pickle: bool = False,
     secret: Union[str, bytes, None] = None,
+    replay: str = "instant",
+    max_stream_size: Union[int, str] = streams.DEFAULT_MAX_STREAM_SIZE,
 ) -> Callable[[F], F]: ...
 
 
@@ -389,6 +591,8 @@ def cache_llm(
     mode: Union[str, Mode, None] = None,
     allow_pickle: bool = False,
     secret: Union[str, bytes, None] = None,
+    replay: str = "instant",
+    max_stream_size: Union[int, str] = streams.DEFAULT_MAX_STREAM_SIZE,
 ) -> Any:
     """Cache an LLM helper's results: ``@cache_llm`` or ``@cache_llm(ttl=3600, cache_dir=...)``.
 
@@ -405,6 +609,9 @@ def cache_llm(
     parsed_mode = None if mode is None else parse_mode(mode, "cache_llm(mode=...)")
     if not isinstance(allow_pickle, bool):
         raise TypeError("cache_llm(allow_pickle=...) must be True or False")
+    if replay not in ("instant", "realtime"):
+        raise ValueError(f"cache_llm(replay={replay!r}) must be 'instant' (default) or 'realtime' (recorded chunk timing)")
+    stream_limit = parse_size(max_stream_size, "cache_llm(max_stream_size=...)")
     options = dict(
         ttl=seconds,
         cache_dir=None if cache_dir is None else os.fspath(cache_dir),
@@ -415,6 +622,8 @@ def cache_llm(
         mode=parsed_mode,
         allow_pickle=allow_pickle,
         secret=secret_bytes(secret),
+        replay=replay,
+        max_stream_size=stream_limit,
     )
 
     def decorate(f: Callable[..., Any]) -> Any:

@@ -61,14 +61,19 @@ def tokens_of(value: Any) -> int:
     return sum(p for p in parts if isinstance(p, int))
 
 
-def stream_tokens(chunks: list[Any]) -> int:
-    """Tokens reported by a stream's chunks (OpenAI's usage chunk, Anthropic's message events)."""
-    total = input_tokens = output_tokens = 0
-    for chunk in chunks:
+class UsageTally:
+    """Tokens reported along a stream (OpenAI's usage chunk, Anthropic's message events)."""
+
+    def __init__(self) -> None:
+        self.total = self.input = self.output = 0
+
+    def add(self, chunk: Any) -> None:
         for usage in (_field(chunk, "usage"), _field(_field(chunk, "message"), "usage")):
             if usage is None:
                 continue
             values = [_field(usage, n) for n in ("total_tokens", "input_tokens", "output_tokens")]
             t, i, o = (v if isinstance(v, int) else 0 for v in values)
-            total, input_tokens, output_tokens = max(total, t), max(input_tokens, i), max(output_tokens, o)
-    return total or input_tokens + output_tokens
+            self.total, self.input, self.output = max(self.total, t), max(self.input, i), max(self.output, o)
+
+    def tokens(self) -> int:
+        return self.total or self.input + self.output

@@ -1,0 +1,256 @@
+"""Streams: record chunks while passing them through untouched, and replay them on a hit.
+
+Each chunk reaches the caller as soon as the provider yields it; it is encoded on the side
+(so the recording costs one compact copy of the stream, not a list of live objects) and the
+entry is written only when the stream finished normally. A caller that stops early, or a
+provider that fails, leaves nothing behind, and the provider's stream is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, AsyncGenerator, Callable, Generator, Optional
+
+import msgpack
+import wrapt
+
+from . import codec
+from .entry import Stream
+from .stats import UsageTally
+
+DEFAULT_MAX_STREAM_SIZE = 64 * 2**20
+_header = msgpack.Packer()
+
+
+class Recorder:
+    """Collects encoded chunks and their arrival offsets; gives up past ``limit`` bytes."""
+
+    def __init__(self, limit: int, allow_pickle: bool) -> None:
+        self.limit = limit
+        self.allow_pickle = allow_pickle
+        self.parts: list[bytes] = []
+        self.offsets: list[float] = []
+        self.size = 0
+        self.usage = UsageTally()
+        self.problem: Optional[str] = None
+        self.start = time.perf_counter()
+
+    def add(self, chunk: Any) -> None:
+        self.offsets.append(time.perf_counter() - self.start)
+        if self.problem is not None:
+            return
+        self.usage.add(chunk)
+        try:
+            data = codec.encode(chunk, self.allow_pickle)
+        except codec.UnencodableValue as exc:
+            self.problem, self.parts = str(exc), []
+            return
+        self.size += len(data)
+        if self.size > self.limit:
+            self.problem = f"the stream is larger than max_stream_size={self.limit} bytes"
+            self.parts = []
+        else:
+            self.parts.append(data)
+
+    @property
+    def duration(self) -> float:
+        return time.perf_counter() - self.start
+
+    def body(self, result: Any) -> bytes:
+        """The entry body: the msgpack form of ``[chunks, result, offsets]``."""
+        head = _header.pack_array_header(3) + _header.pack_array_header(len(self.parts))
+        return b"".join([head, *self.parts, codec.encode(result, self.allow_pickle), codec.encode(self.offsets)])
+
+
+def _close(source: Any) -> None:
+    close = getattr(source, "close", None)
+    if close is not None:
+        close()
+
+
+async def _aclose(source: Any) -> None:
+    close = getattr(source, "aclose", None) or getattr(source, "close", None)
+    if close is not None:
+        result = close()
+        if asyncio.iscoroutine(result):
+            await result
+
+
+Finish = Callable[[Optional[Recorder], Any], None]
+"""Called once per stream: ``(recorder, return value)`` if it completed, ``(None, None)`` if not."""
+
+
+def record(source: Any, recorder: Recorder, finish: Finish) -> Generator[Any, None, Any]:
+    """Yield ``source``'s chunks while recording; returns its return value."""
+    iterator = iter(source)
+    try:
+        while True:
+            try:
+                chunk = next(iterator)
+            except StopIteration as stop:
+                result = stop.value
+                break
+            recorder.add(chunk)
+            yield chunk
+    except BaseException:
+        finish(None, None)
+        _close(iterator)
+        raise
+    finish(recorder, result)
+    return result
+
+
+async def record_async(source: Any, recorder: Recorder, finish: Finish) -> AsyncGenerator[Any, None]:
+    """``record`` for async iterators."""
+    iterator = source.__aiter__()
+    try:
+        while True:
+            try:
+                chunk = await iterator.__anext__()
+            except StopAsyncIteration:
+                break
+            recorder.add(chunk)
+            yield chunk
+    except BaseException:
+        finish(None, None)
+        await _aclose(iterator)
+        raise
+    finish(recorder, None)
+
+
+def replay(stream: Stream, realtime: bool) -> Generator[Any, None, Any]:
+    """Yield recorded chunks in order (at their recorded pace if ``realtime``); returns the result."""
+    start = time.perf_counter()
+    for i, chunk in enumerate(stream.chunks):
+        if realtime and i < len(stream.offsets):
+            delay = stream.offsets[i] - (time.perf_counter() - start)
+            if delay > 0:
+                time.sleep(delay)
+        yield chunk
+    return stream.result
+
+
+async def replay_async(stream: Stream, realtime: bool) -> AsyncGenerator[Any, None]:
+    """``replay`` for async consumers."""
+    start = time.perf_counter()
+    for i, chunk in enumerate(stream.chunks):
+        if realtime and i < len(stream.offsets):
+            delay = stream.offsets[i] - (time.perf_counter() - start)
+            if delay > 0:
+                await asyncio.sleep(delay)
+        yield chunk
+
+
+class RecordingStream(wrapt.ObjectProxy):  # type: ignore[misc]
+    """Proxy of an SDK stream object (``openai.Stream``...) that records while it is iterated.
+
+    Attributes (``.response``...), ``with`` blocks and ``close()`` reach the original.
+    """
+
+    def __init__(self, stream: Any, recorder: Recorder, finish: Finish) -> None:
+        super().__init__(stream)
+        self._self_chunks = record(stream, recorder, finish)
+        self._self_finish = finish
+        self._self_started = False
+
+    def __iter__(self) -> "RecordingStream":
+        return self
+
+    def __next__(self) -> Any:
+        self._self_started = True
+        return next(self._self_chunks)
+
+    def __enter__(self) -> "RecordingStream":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if not self._self_started:
+            self._self_finish(None, None)
+        self._self_chunks.close()
+        _close(self.__wrapped__)
+
+    def __del__(self) -> None:
+        if not self._self_started:
+            self._self_finish(None, None)
+
+
+class AsyncRecordingStream(wrapt.ObjectProxy):  # type: ignore[misc]
+    """``RecordingStream`` for async SDK streams (``openai.AsyncStream``...)."""
+
+    def __init__(self, stream: Any, recorder: Recorder, finish: Finish) -> None:
+        super().__init__(stream)
+        self._self_chunks = record_async(stream, recorder, finish)
+        self._self_finish = finish
+        self._self_started = False
+
+    def __aiter__(self) -> "AsyncRecordingStream":
+        return self
+
+    async def __anext__(self) -> Any:
+        self._self_started = True
+        return await self._self_chunks.__anext__()
+
+    async def __aenter__(self) -> "AsyncRecordingStream":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if not self._self_started:
+            self._self_finish(None, None)
+        await self._self_chunks.aclose()
+        await _aclose(self.__wrapped__)
+
+    def __del__(self) -> None:
+        if not self._self_started:
+            self._self_finish(None, None)
+
+
+class ReplayStream:
+    """What a cached SDK-stream helper returns on a hit: iterable, a context manager, closable."""
+
+    def __init__(self, stream: Stream, realtime: bool = False) -> None:
+        self._chunks = replay(stream, realtime)
+        self.result = stream.result
+
+    def __iter__(self) -> "ReplayStream":
+        return self
+
+    def __next__(self) -> Any:
+        return next(self._chunks)
+
+    def __enter__(self) -> "ReplayStream":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._chunks.close()
+
+
+class AsyncReplayStream:
+    """``ReplayStream`` for async consumers."""
+
+    def __init__(self, stream: Stream, realtime: bool = False) -> None:
+        self._chunks = replay_async(stream, realtime)
+
+    def __aiter__(self) -> "AsyncReplayStream":
+        return self
+
+    async def __anext__(self) -> Any:
+        return await self._chunks.__anext__()
+
+    async def __aenter__(self) -> "AsyncReplayStream":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._chunks.aclose()
