@@ -2,18 +2,39 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import datetime as _dt
 import os
 import re
 import threading
-from typing import Any, Optional, Union
+from typing import Any, Iterator, Optional, Union
 
 from .stores.base import Store
+from .stores.disk import DiskStore  # imported eagerly: the first cached call must not pay for joblib's import
 
 CACHE_DIR_ENV = "MEMOLLM_CACHE_DIR"
 SECRET_ENV = "MEMOLLM_SECRET"
 
 TTL = Union[int, float, _dt.timedelta, None]
+
+
+_cache_dir_override: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar("memollm_cache_dir", default=None)
+
+
+@contextlib.contextmanager
+def use_cache_dir(path: "str | os.PathLike[str]") -> Iterator[str]:
+    """Send every disk-store call in this block to ``path`` (the pytest marker uses this)."""
+    token = _cache_dir_override.set(os.fspath(path))
+    try:
+        yield os.fspath(path)
+    finally:
+        _cache_dir_override.reset(token)
+
+
+def cache_dir_for(configured: Optional[str]) -> str:
+    """The cache dir of a call: a ``use_cache_dir`` block, else the decorator's, else the default."""
+    return _cache_dir_override.get() or configured or default_cache_dir()
 
 
 def default_cache_dir() -> str:
@@ -89,8 +110,6 @@ def disk_store(cache_dir: "str | os.PathLike[str]") -> Store:
     path = os.fspath(cache_dir)
     store = _disk_stores.get(path)
     if store is None:
-        from .stores.disk import DiskStore
-
         with _disk_lock:
             store = _disk_stores.get(path)
             if store is None:

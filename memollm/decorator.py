@@ -11,9 +11,9 @@ from typing import Any, Callable, Iterable, Optional, TypeVar, Union, overload
 
 import wrapt
 
-from . import flight, keys, streams
+from . import flight, keys, observe, streams
 from .codec import UndecodableValue, UnencodableValue
-from .config import TTL, default_cache_dir, disk_store, parse_size, parse_ttl, secret_bytes
+from .config import TTL, cache_dir_for, disk_store, parse_size, parse_ttl, secret_bytes
 from .entry import KIND_STREAM, KIND_VALUE, CorruptEntry, EntryMeta, Stream, decode_body, encode_value, pack_entry, read_meta
 from .errors import CacheMiss, UncacheableValueWarning
 from .modes import Mode, current_mode, parse_mode
@@ -113,7 +113,7 @@ class _Engine:
         """The store for this call, or ``None`` if it cannot be opened (reported once)."""
         if self.fixed_store is not None:
             return self.fixed_store
-        path = self.cache_dir or default_cache_dir()
+        path = cache_dir_for(self.cache_dir)
         try:
             return disk_store(path)
         except Exception as exc:
@@ -138,6 +138,11 @@ class _Engine:
             warn_once(store.location, "corrupt", f"memollm: unreadable cache entry {key} in {store.location} ({exc}); recomputing it")
             return _MISSING
         self.counters.hit(meta.duration, meta.tokens)
+        note_hit = getattr(store, "note_hit", None)
+        if note_hit is not None:
+            note_hit(meta)
+        if observe.read_observers:
+            observe.notify_read(store, meta)
         return value
 
     def save(self, store: Store, key: str, value: Any, duration: float) -> None:
@@ -151,6 +156,12 @@ class _Engine:
             return
         self.write(store, meta, data)
 
+    def note_miss(self, store: Optional[Store]) -> None:
+        self.counters.miss()
+        note_miss = getattr(store, "note_miss", None)
+        if note_miss is not None:
+            note_miss(self.function_id)
+
     def new_meta(self, key: str, duration: float, tokens: int, kind: str) -> EntryMeta:
         now = time.time()
         expires = None if self.ttl is None else now + self.ttl
@@ -163,7 +174,7 @@ class _Engine:
             warn_once(store.location, "write", f"memollm: cannot write to the cache at {store.location} ({exc}); results are returned but not cached")
 
     def miss_error(self, store: Optional[Store], key: str) -> CacheMiss:
-        where = store.location if store is not None else (self.cache_dir or default_cache_dir())
+        where = store.location if store is not None else cache_dir_for(self.cache_dir)
         return CacheMiss(
             f"memollm: no cached entry for {self.function_id} (key {key}) in {where}, and the cache mode is "
             "'offline'. Record it by running this call once with the cache mode 'readwrite' "
@@ -295,7 +306,7 @@ class _Engine:
         if value is not _MISSING:
             return self.deliver(value, False)
         try:
-            self.counters.miss()
+            self.note_miss(store)
             start = time.perf_counter()
             result = wrapped(*args, **kwargs)
             duration = time.perf_counter() - start
@@ -321,7 +332,7 @@ class _Engine:
         if value is not _MISSING:
             return self.deliver(value, True)
         try:
-            self.counters.miss()
+            self.note_miss(store)
             start = time.perf_counter()
             result = await wrapped(*args, **kwargs)
             duration = time.perf_counter() - start
@@ -351,7 +362,7 @@ class _Engine:
                 return (yield from streams.replay(value, self.realtime))
             finish = self.finisher(mode, store, key, release)
             try:
-                self.counters.miss()
+                self.note_miss(store)
                 source = wrapped(*args, **kwargs)
             except BaseException:
                 finish(None, None)
@@ -376,7 +387,7 @@ class _Engine:
                 else:
                     finish = self.finisher(mode, store, key, release)
                     try:
-                        self.counters.miss()
+                        self.note_miss(store)
                         source = wrapped(*args, **kwargs)
                     except BaseException:
                         finish(None, None)

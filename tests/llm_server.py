@@ -38,7 +38,7 @@ import threading
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Self
+from typing import Any
 
 __all__ = ["FakeLLMServer", "message_text", "reply_tokens"]
 
@@ -166,9 +166,7 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length) if length > 0 else b""
 
-    def _send_json(
-        self, status: int, payload: Any, extra_headers: dict[str, str] | None = None
-    ) -> None:
+    def _send_json(self, status: int, payload: Any, extra_headers: dict[str, str] | None = None) -> None:
         body = json.dumps(payload).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -242,9 +240,7 @@ class _Handler(BaseHTTPRequestHandler):
             with owner._lock:
                 owner._active -= 1
 
-    def _dispatch(
-        self, owner: FakeLLMServer, api: str | None, body: Any, stream: bool
-    ) -> None:
+    def _dispatch(self, owner: FakeLLMServer, api: str | None, body: Any, stream: bool) -> None:
         if api is None or self.command != "POST":
             self._send_json(
                 404,
@@ -257,9 +253,7 @@ class _Handler(BaseHTTPRequestHandler):
             )
             return
         if not isinstance(body, dict):
-            self._error(
-                api, 400, "request body must be a JSON object", "invalid_request_error"
-            )
+            self._error(api, 400, "request body must be a JSON object", "invalid_request_error")
             return
 
         fault = owner._take_fault(stream)
@@ -269,18 +263,14 @@ class _Handler(BaseHTTPRequestHandler):
             raise _Abort
         if fault is not None and fault[0] == "fail":
             _, status, message, retry_after_ms = fault
-            headers = (
-                {}
-                if retry_after_ms is None
-                else {"retry-after-ms": str(retry_after_ms)}
-            )
+            headers = {} if retry_after_ms is None else {"retry-after-ms": str(retry_after_ms)}
             self._error(api, status, message, None, headers)
             return
         abort_after = fault[1] if fault is not None and fault[0] == "abort" else None
 
         try:
             reply = owner._reply_for(body)
-        except Exception as exc:  # noqa: BLE001 - surface bugs in a reply callable as an HTTP 500
+        except Exception as exc:  # surface bugs in a reply callable as an HTTP 500
             self._error(api, 500, f"FakeLLMServer reply callable raised {exc!r}", None)
             return
         tokens = reply_tokens(reply)
@@ -290,22 +280,14 @@ class _Handler(BaseHTTPRequestHandler):
 
         if api == "openai":
             if stream:
-                self._openai_stream(
-                    owner, body, model, n, tokens, prompt_tokens, abort_after
-                )
+                self._openai_stream(owner, body, model, n, tokens, prompt_tokens, abort_after)
             else:
-                self._send_json(
-                    200, _openai_completion(model, n, reply, prompt_tokens, len(tokens))
-                )
+                self._send_json(200, _openai_completion(model, n, reply, prompt_tokens, len(tokens)))
         else:
             if stream:
-                self._anthropic_stream(
-                    owner, model, n, tokens, prompt_tokens, abort_after
-                )
+                self._anthropic_stream(owner, model, n, tokens, prompt_tokens, abort_after)
             else:
-                self._send_json(
-                    200, _anthropic_message(model, n, reply, prompt_tokens, len(tokens))
-                )
+                self._send_json(200, _anthropic_message(model, n, reply, prompt_tokens, len(tokens)))
 
     def _error(
         self,
@@ -316,17 +298,13 @@ class _Handler(BaseHTTPRequestHandler):
         headers: dict[str, str] | None = None,
     ) -> None:
         if api == "anthropic":
-            err_type = err_type or (
-                "rate_limit_error" if status == 429 else "api_error"
-            )
+            err_type = err_type or ("rate_limit_error" if status == 429 else "api_error")
             payload: dict[str, Any] = {
                 "type": "error",
                 "error": {"type": err_type, "message": message},
             }
         else:
-            err_type = err_type or (
-                "rate_limit_error" if status == 429 else "server_error"
-            )
+            err_type = err_type or ("rate_limit_error" if status == 429 else "server_error")
             payload = {
                 "error": {
                     "message": message,
@@ -352,9 +330,7 @@ class _Handler(BaseHTTPRequestHandler):
             if i > 0:
                 owner._sleep(owner.chunk_delay)
             emit(tok)
-        if (
-            abort_after is not None
-        ):  # asked to abort after >= len(tokens): abort before the final events
+        if abort_after is not None:  # asked to abort after >= len(tokens): abort before the final events
             raise _Abort
 
     def _openai_stream(
@@ -372,9 +348,7 @@ class _Handler(BaseHTTPRequestHandler):
         cid = f"chatcmpl-fake{n}"
         created = int(time.time())
 
-        def chunk(
-            delta: dict[str, Any], finish_reason: str | None = None
-        ) -> dict[str, Any]:
+        def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
             c: dict[str, Any] = {
                 "id": cid,
                 "object": "chat.completion.chunk",
@@ -396,9 +370,7 @@ class _Handler(BaseHTTPRequestHandler):
 
         self._start_sse()
         self._sse(chunk({"role": "assistant", "content": "", "refusal": None}))
-        self._stream_tokens(
-            owner, tokens, abort_after, lambda tok: self._sse(chunk({"content": tok}))
-        )
+        self._stream_tokens(owner, tokens, abort_after, lambda tok: self._sse(chunk({"content": tok})))
         self._sse(chunk({}, "stop"))
         if include_usage:
             self._sse(
@@ -472,9 +444,7 @@ def _openai_usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     }
 
 
-def _openai_completion(
-    model: str, n: int, reply: str, prompt_tokens: int, completion_tokens: int
-) -> dict[str, Any]:
+def _openai_completion(model: str, n: int, reply: str, prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
     return {
         "id": f"chatcmpl-fake{n}",
         "object": "chat.completion",
@@ -493,9 +463,7 @@ def _openai_completion(
     }
 
 
-def _anthropic_message(
-    model: str, n: int, reply: str, input_tokens: int, output_tokens: int
-) -> dict[str, Any]:
+def _anthropic_message(model: str, n: int, reply: str, input_tokens: int, output_tokens: int) -> dict[str, Any]:
     return {
         "id": f"msg_fake{n}",
         "type": "message",
@@ -552,7 +520,7 @@ class FakeLLMServer:
 
     # -- lifecycle ----------------------------------------------------------
 
-    def start(self) -> Self:
+    def start(self) -> FakeLLMServer:
         if self._httpd is not None:
             raise RuntimeError("FakeLLMServer already started")
         self._stopping.clear()
@@ -590,7 +558,7 @@ class FakeLLMServer:
             self._thread.join(max(0.0, deadline - time.monotonic()))
             self._thread = None
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> FakeLLMServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
