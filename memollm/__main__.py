@@ -1,0 +1,6 @@
+"""``python -m memollm``: the same as the ``memollm`` command."""
+
+from .cli import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())
