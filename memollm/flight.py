@@ -15,6 +15,8 @@ import threading
 import time
 from typing import Optional
 
+from .stores.backend import make_private_dirs
+
 try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows: in-process single flight only
@@ -74,7 +76,7 @@ class FileLock:
         if fcntl is None:
             return True
         if self._fd is None:
-            os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
+            make_private_dirs(os.path.dirname(self.path))
             self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
