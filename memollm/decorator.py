@@ -24,6 +24,7 @@ from .stores.memory import SHARED_MEMORY_STORE
 
 F = TypeVar("F", bound=Callable[..., Any])
 _MISSING = object()
+_PARSED_CACHE_SIZE = 256  # verified entries remembered per function, by the identity of their bytes
 _STORE_METHODS = ("get", "set", "delete", "clear", "entries")
 
 
@@ -58,6 +59,7 @@ class _Engine:
         self.realtime = replay == "realtime"
         self.max_stream_size = max_stream_size
         self.counters = Counters()
+        self._parsed: dict[str, tuple[bytes, EntryMeta, memoryview]] = {}
         self.signature = inspect.signature(func)
         self.binder = keys.ArgumentBinder(self.signature)
         self.ignore = ignore
@@ -130,7 +132,14 @@ class _Engine:
         if data is None:
             return _MISSING
         try:
-            meta, body = read_meta(data, self.secret)
+            parsed = self._parsed.get(key)
+            if parsed is not None and parsed[0] is data:  # the store handed back the very bytes we verified
+                meta, body = parsed[1], parsed[2]
+            else:
+                meta, body = read_meta(data, self.secret)
+                if len(self._parsed) >= _PARSED_CACHE_SIZE:
+                    self._parsed.clear()
+                self._parsed[key] = (data, meta, body)
             if meta.key != key or meta.expired():
                 return _MISSING
             value = decode_body(meta, body, self.allow_pickle)
@@ -201,8 +210,12 @@ class _Engine:
             value = self.lookup(store, key)
             if value is not _MISSING or time.monotonic() >= deadline:
                 return value, _noop
-        lock_path = getattr(store, "lock_path", _no_lock_path)(key)
-        lock = flight.lock_file(lock_path, deadline) if lock_path else None
+        acquire_lock = getattr(store, "acquire_lock", None)
+        if acquire_lock is not None:  # a store with its own cross-machine lock (Redis)
+            lock = acquire_lock(key, deadline)
+        else:
+            lock_path = getattr(store, "lock_path", _no_lock_path)(key)
+            lock = flight.lock_file(lock_path, deadline) if lock_path else None
         return self._after_lock(store, key, flight_key, event, lock)
 
     async def acquire_async(self, mode: Mode, store: Optional[Store], key: str) -> tuple[Any, Callable[[], None]]:
@@ -219,11 +232,15 @@ class _Engine:
             value = self.lookup(store, key)
             if value is not _MISSING or time.monotonic() >= deadline:
                 return value, _noop
-        lock_path = getattr(store, "lock_path", _no_lock_path)(key)
-        lock = await flight.lock_file_async(lock_path, deadline) if lock_path else None
+        acquire_lock_async = getattr(store, "acquire_lock_async", None)
+        if acquire_lock_async is not None:
+            lock = await acquire_lock_async(key, deadline)
+        else:
+            lock_path = getattr(store, "lock_path", _no_lock_path)(key)
+            lock = await flight.lock_file_async(lock_path, deadline) if lock_path else None
         return self._after_lock(store, key, flight_key, event, lock)
 
-    def _after_lock(self, store: Store, key: str, flight_key: str, event: Any, lock: Optional[flight.FileLock]) -> tuple[Any, Callable[[], None]]:
+    def _after_lock(self, store: Store, key: str, flight_key: str, event: Any, lock: Any) -> tuple[Any, Callable[[], None]]:
         released: list[bool] = []
 
         def release() -> None:
@@ -546,9 +563,9 @@ def _resolve_store(store: Any, cache_dir: Any) -> Optional[Store]:
         return SHARED_MEMORY_STORE
     if isinstance(store, str):
         if store.startswith(("redis://", "rediss://", "unix://")):
-            from .stores.redis import RedisStore
+            from .stores.redis import redis_store
 
-            return RedisStore(store)
+            return redis_store(store)
         raise ValueError(f"cache_llm(store={store!r}) is not a known store; use 'memory', a redis:// URL, or a Store object")
     if isinstance(store, Store) or all(callable(getattr(store, m, None)) for m in _STORE_METHODS):
         return store  # type: ignore[no-any-return]
