@@ -165,11 +165,13 @@ class _Engine:
             return
         self.write(store, meta, data)
 
-    def note_miss(self, store: Optional[Store]) -> None:
+    def note_miss(self, store: Optional[Store], key: str) -> None:
         self.counters.miss()
         note_miss = getattr(store, "note_miss", None)
         if note_miss is not None:
             note_miss(self.function_id)
+        if observe.miss_observers:
+            observe.notify_miss(store, self.function_id, key)
 
     def new_meta(self, key: str, duration: float, tokens: int, kind: str) -> EntryMeta:
         now = time.time()
@@ -275,6 +277,7 @@ class _Engine:
         if store is not None and mode.reads:
             value = self.lookup(store, key)
         if value is _MISSING and mode is Mode.OFFLINE:
+            self.note_miss(store, key)
             raise self.miss_error(store, key)
         return mode, store, key, value
 
@@ -323,7 +326,7 @@ class _Engine:
         if value is not _MISSING:
             return self.deliver(value, False)
         try:
-            self.note_miss(store)
+            self.note_miss(store, key)
             start = time.perf_counter()
             result = wrapped(*args, **kwargs)
             duration = time.perf_counter() - start
@@ -349,7 +352,7 @@ class _Engine:
         if value is not _MISSING:
             return self.deliver(value, True)
         try:
-            self.note_miss(store)
+            self.note_miss(store, key)
             start = time.perf_counter()
             result = await wrapped(*args, **kwargs)
             duration = time.perf_counter() - start
@@ -379,7 +382,7 @@ class _Engine:
                 return (yield from streams.replay(value, self.realtime))
             finish = self.finisher(mode, store, key, release)
             try:
-                self.note_miss(store)
+                self.note_miss(store, key)
                 source = wrapped(*args, **kwargs)
             except BaseException:
                 finish(None, None)
@@ -404,7 +407,7 @@ class _Engine:
                 else:
                     finish = self.finisher(mode, store, key, release)
                     try:
-                        self.note_miss(store)
+                        self.note_miss(store, key)
                         source = wrapped(*args, **kwargs)
                     except BaseException:
                         finish(None, None)

@@ -1,4 +1,4 @@
-"""Observers of cache reads (the pytest plugin's ``--memollm-report-unused`` listens here)."""
+"""Observers of cache reads and misses (the pytest plugin's fixture and ``--memollm-report-unused`` listen here)."""
 
 from __future__ import annotations
 
@@ -15,5 +15,18 @@ def notify_read(store: Any, meta: EntryMeta) -> None:
     for observer in list(read_observers):
         try:
             observer(store, meta)
+        except Exception:  # an observer must never break a cached call
+            pass
+
+
+MissObserver = Callable[[Any, str, str], None]
+miss_observers: list[MissObserver] = []
+
+
+def notify_miss(store: Any, function: str, key: str) -> None:
+    """Tell every observer that ``function``'s entry ``key`` was not in ``store`` (``None`` if unusable)."""
+    for observer in list(miss_observers):
+        try:
+            observer(store, function, key)
         except Exception:  # an observer must never break a cached call
             pass
