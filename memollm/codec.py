@@ -13,7 +13,7 @@ import dataclasses
 import datetime as _dt
 import decimal
 import enum
-import importlib
+import inspect
 import pickle
 import sys
 import uuid
@@ -45,6 +45,7 @@ EXT_BIGINT = 12
 EXT_PICKLE = 13
 EXT_ENUM = 14
 EXT_COMPLEX = 15
+EXT_MODEL = 16  # a pydantic model by the state pickle would keep (see _model_state)
 
 
 def _class_ref(cls: type) -> list[str]:
@@ -61,13 +62,21 @@ def _encode_other(value: Any, pack: Any, allow_pickle: bool) -> Any:
         return msgpack.ExtType(EXT_BIGINT, str(value).encode())
     for base in (dict, list, str, bytes, int, float):  # subclasses (OrderedDict, ...) as their base
         if isinstance(value, base) and not isinstance(value, bool):
-            return base(value)
+            return base(value)  # type: ignore[call-overload,arg-type]
     if hasattr(t, "model_fields") and hasattr(value, "model_dump") and "<locals>" not in t.__qualname__:
+        state = _model_state(value)
+        if state is not None:
+            try:
+                return msgpack.ExtType(EXT_MODEL, pack(_class_ref(t)) + pack(state))
+            except UnencodableValue:
+                pass  # a field of an unsupported type: store the model's (JSON) dump instead
         try:
             data = pack(value.model_dump(mode="python", by_alias=True, warnings=False))
         except UnencodableValue:
             data = pack(value.model_dump(mode="json", by_alias=True, warnings=False))
-        return msgpack.ExtType(EXT_PYDANTIC, pack(_class_ref(t)) + data)
+        fields_set = getattr(value, "__pydantic_fields_set__", None)
+        tail = pack(sorted(fields_set)) if isinstance(fields_set, set) else b""
+        return msgpack.ExtType(EXT_PYDANTIC, pack(_class_ref(t)) + data + tail)
     if dataclasses.is_dataclass(value) and not isinstance(value, type) and "<locals>" not in t.__qualname__:
         fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
         return msgpack.ExtType(EXT_DATACLASS, pack(_class_ref(t)) + pack(fields))
@@ -101,6 +110,27 @@ def _encode_other(value: Any, pack: Any, allow_pickle: bool) -> Any:
     )
 
 
+def _model_state(value: Any) -> Any:
+    """What pickle keeps of a pydantic v2 model: ``[__dict__, extra, fields set, private]``.
+
+    Restoring exactly that (no validation, nothing re-run) makes the copy equal to the
+    original in every way: ``model_dump(exclude_unset=True)``, SDK attributes such as
+    openai's ``_request_id``, private attributes. ``None`` if not that kind of model.
+    """
+    state = getattr(value, "__dict__", None)
+    extra = getattr(value, "__pydantic_extra__", None)
+    fields_set = getattr(value, "__pydantic_fields_set__", None)
+    private = getattr(value, "__pydantic_private__", None)
+    if type(state) is not dict or not isinstance(fields_set, set):
+        return None
+    if not (extra is None or isinstance(extra, dict)) or not (private is None or isinstance(private, dict)):
+        return None
+    # Fields and underscore attributes; not e.g. functools.cached_property values (recomputable).
+    fields = getattr(type(value), "model_fields", {})
+    state = {k: v for k, v in state.items() if k in fields or k.startswith("_")}
+    return [state, extra, sorted(fields_set), private]
+
+
 def _make_packer(allow_pickle: bool) -> Any:
     def default(value: Any) -> Any:
         return _encode_other(value, pack, allow_pickle)
@@ -127,19 +157,19 @@ def encode(value: Any, allow_pickle: bool = False) -> bytes:
 
 
 def resolve_class(module: str, qualname: str) -> type:
-    """Find a class by name without importing anything new at top level.
+    """Find a class by name without importing anything.
 
-    Only modules of packages the program has already imported are looked up, so a crafted
-    cache file cannot make memollm import (and run) arbitrary installed code.
+    Only modules the program has already imported are looked up, so a crafted cache file
+    cannot make memollm import (and run) any installed code. A class whose module is not
+    loaded yet makes the entry a miss; the recomputed call usually imports it.
     """
-    top = module.partition(".")[0]
-    if top not in sys.modules or "<locals>" in qualname:
+    obj: Any = sys.modules.get(module)
+    if obj is None or "<locals>" in qualname:
         raise UndecodableValue(f"class {module}.{qualname} is not available in this program")
     try:
-        obj: Any = importlib.import_module(module)
         for part in qualname.split("."):
-            obj = getattr(obj, part)
-    except Exception as exc:
+            obj = inspect.getattr_static(obj, part)
+    except AttributeError as exc:
         raise UndecodableValue(f"class {module}.{qualname} cannot be found: {exc}") from exc
     if not isinstance(obj, type):
         raise UndecodableValue(f"{module}.{qualname} is not a class")
@@ -150,7 +180,7 @@ def _decode_ext(code: int, data: bytes, allow_pickle: bool) -> Any:
     unpack = _unpack_pickle if allow_pickle else _unpack_safe
     if code == EXT_TUPLE:
         return tuple(unpack(data))
-    if code in (EXT_PYDANTIC, EXT_DATACLASS, EXT_ENUM):
+    if code in (EXT_PYDANTIC, EXT_DATACLASS, EXT_ENUM, EXT_MODEL):
         unpacker = msgpack.Unpacker(None, ext_hook=_hooks[allow_pickle], raw=False, strict_map_key=False)
         unpacker.feed(data)
         ref = next(unpacker)
@@ -161,18 +191,46 @@ def _decode_ext(code: int, data: bytes, allow_pickle: bool) -> Any:
             return cls(ref[2])
         cls = resolve_class(*ref)
         fields = next(unpacker)
+        if code == EXT_MODEL:
+            base = getattr(sys.modules.get("pydantic"), "BaseModel", None)
+            if base is None or not issubclass(cls, base):
+                raise UndecodableValue(f"{cls!r} is not a pydantic model")
+            state, extra, fields_set, private = fields
+            model: Any = cls
+            names = set(model.model_fields)
+            if not names.issubset(state) or any(not k.startswith("_") for k in state if k not in names):
+                raise UndecodableValue(f"the fields of {cls!r} changed since this entry was written")
+            obj = model.__new__(model)
+            # pydantic's own __setstate__ (what unpickling does), whatever the class overrides.
+            base.__setstate__(
+                obj,
+                {
+                    "__dict__": state,
+                    "__pydantic_extra__": extra,
+                    "__pydantic_fields_set__": set(fields_set),
+                    "__pydantic_private__": private,
+                },
+            )
+            return obj
         if code == EXT_PYDANTIC:
             validate = getattr(cls, "model_validate", None)
             if validate is None:
                 raise UndecodableValue(f"{cls!r} is not a pydantic model")
-            return validate(fields)
+            obj = validate(fields)
+            set_names = next(unpacker, None)
+            if isinstance(set_names, list):
+                object.__setattr__(obj, "__pydantic_fields_set__", set(set_names))
+            return obj
         if not dataclasses.is_dataclass(cls):
             raise UndecodableValue(f"{cls!r} is not a dataclass")
-        init = {f.name: fields[f.name] for f in dataclasses.fields(cls) if f.init and f.name in fields}
-        obj = cls(**init)
-        for f in dataclasses.fields(cls):
-            if not f.init and f.name in fields:
-                object.__setattr__(obj, f.name, fields[f.name])
+        field_names = [f.name for f in dataclasses.fields(cls)]
+        if set(field_names) != set(fields):
+            raise UndecodableValue(f"the fields of {cls!r} changed since this entry was written")
+        # Restored field by field, like pickle does: __init__/__post_init__ would run (and could
+        # transform) the stored values a second time.
+        obj = cls.__new__(cls)
+        for name in field_names:
+            object.__setattr__(obj, name, fields[name])
         return obj
     if code == EXT_DATETIME:
         return _dt.datetime.fromisoformat(data.decode())
@@ -207,15 +265,15 @@ _hooks = {
 }
 
 
-def _unpack_safe(data: bytes) -> Any:
+def _unpack_safe(data: "bytes | memoryview") -> Any:
     return msgpack.unpackb(data, ext_hook=_hooks[False], raw=False, strict_map_key=False)
 
 
-def _unpack_pickle(data: bytes) -> Any:
+def _unpack_pickle(data: "bytes | memoryview") -> Any:
     return msgpack.unpackb(data, ext_hook=_hooks[True], raw=False, strict_map_key=False)
 
 
-def decode(data: bytes, allow_pickle: bool = False) -> Any:
+def decode(data: "bytes | memoryview", allow_pickle: bool = False) -> Any:
     """Rebuild a value from ``encode``'s bytes; ``UndecodableValue`` on anything wrong."""
     try:
         return (_unpack_pickle if allow_pickle else _unpack_safe)(data)

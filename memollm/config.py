@@ -101,6 +101,30 @@ def secret_bytes(secret: Any) -> Optional[bytes]:
     raise TypeError(f"cache_llm(secret=...) must be str or bytes, not {type(secret).__name__}")
 
 
+class UntrustedCacheDir(PermissionError):
+    """A cache dir that another user could have written (so its entries are not trusted)."""
+
+
+def check_trusted(path: str) -> None:
+    """Refuse a cache dir owned by another user or writable by group/others (as ssh does).
+
+    A missing dir is fine (it is created 0700). Raises ``UntrustedCacheDir``.
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return
+    if not hasattr(os, "geteuid"):  # pragma: no cover - Windows has no such permission bits
+        return
+    if st.st_uid not in (os.geteuid(), 0):
+        raise UntrustedCacheDir(f"the cache dir {path} is owned by another user (uid {st.st_uid}); not trusted")
+    if st.st_mode & 0o022:
+        raise UntrustedCacheDir(
+            f"the cache dir {path} is writable by group or others (mode {st.st_mode & 0o777:o}); not trusted. "
+            f"Fix it with: chmod go-w {path}"
+        )
+
+
 _disk_stores: dict[str, Store] = {}
 _disk_lock = threading.Lock()
 
@@ -110,6 +134,7 @@ def disk_store(cache_dir: "str | os.PathLike[str]") -> Store:
     path = os.fspath(cache_dir)
     store = _disk_stores.get(path)
     if store is None:
+        check_trusted(os.path.abspath(os.path.expanduser(path)))
         with _disk_lock:
             store = _disk_stores.get(path)
             if store is None:

@@ -6,8 +6,8 @@ import inspect
 import io
 import os
 import time
-from collections.abc import AsyncIterator, Iterator
-from typing import Any, Callable, Iterable, Optional, TypeVar, Union, overload
+from collections.abc import AsyncIterator, Iterable, Iterator
+from typing import Any, Callable, Optional, TypeVar, Union, overload
 
 import wrapt
 
@@ -140,7 +140,7 @@ class _Engine:
                 if len(self._parsed) >= _PARSED_CACHE_SIZE:
                     self._parsed.clear()
                 self._parsed[key] = (data, meta, body)
-            if meta.key != key or meta.expired():
+            if meta.key != key or self.expired(meta):
                 return _MISSING
             value = decode_body(meta, body, self.allow_pickle)
         except (CorruptEntry, UndecodableValue) as exc:
@@ -153,6 +153,11 @@ class _Engine:
         if observe.read_observers:
             observe.notify_read(store, meta)
         return value
+
+    def expired(self, meta: EntryMeta) -> bool:
+        """Past the expiry written with the entry, or past a since-shortened ``ttl``."""
+        now = time.time()
+        return meta.expired(now) or (self.ttl is not None and now >= meta.created + self.ttl)
 
     def save(self, store: Store, key: str, value: Any, duration: float) -> None:
         """Store a value; unstorable values and failed writes warn, never raise."""
@@ -581,6 +586,8 @@ def _resolve_store(store: Any, cache_dir: Any) -> Optional[Store]:
 def _parse_ignore(ignore: Union[str, Iterable[str], None]) -> frozenset[str]:
     if ignore is None:
         return frozenset()
+    if not isinstance(ignore, (str, Iterable)):
+        raise TypeError(f"cache_llm(ignore=...) must be a parameter name or an iterable of names, not {type(ignore).__name__}")
     names = (ignore,) if isinstance(ignore, str) else tuple(ignore)
     for name in names:
         if not isinstance(name, str):

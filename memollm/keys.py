@@ -14,6 +14,7 @@ import decimal
 import enum
 import inspect
 import pathlib
+import re
 import textwrap
 import uuid
 from collections.abc import Mapping
@@ -93,13 +94,17 @@ class Unkeyable(TypeError):
     """Raised when an argument cannot be turned into a key."""
 
 
+_ARGUMENT_RE = re.compile(r"^argument '([^']+)'")
+
+
 def _fail(value: Any, where: str) -> Unkeyable:
     kind = qualified_name(type(value))
-    param = where.split("[", 1)[0].split(".", 1)[0]
+    match = _ARGUMENT_RE.match(where)
+    param = f'"{match.group(1)}"' if match else "<parameter name>"
     return Unkeyable(
         f"memollm cannot build a cache key from {where} of type {kind}: it has no stable, "
-        f"value-based representation. Fix it in one of these ways: leave it out of the key with "
-        f"cache_llm(ignore=({param!r},)); pass key=callable to cache_llm to choose what the key is "
+        f"value-based representation. Fix it in one of these ways: leave the parameter out of the key "
+        f"with cache_llm(ignore=({param},)); pass key=callable to cache_llm to choose what the key is "
         f"made of; or give {type(value).__name__} a __cache_key__(self) method returning plain data."
     )
 
@@ -225,8 +230,18 @@ def _source_without_decorators(source: str) -> str:
 
 
 def _code_tree(code: Any) -> list[Any]:
-    consts = [_code_tree(c) if hasattr(c, "co_code") else repr(c) for c in code.co_consts]
-    return [code.co_code, consts, list(code.co_names), list(code.co_varnames)]
+    return [code.co_code, [_const_tree(c) for c in code.co_consts], list(code.co_names), list(code.co_varnames)]
+
+
+def _const_tree(const: Any) -> Any:
+    # frozenset constants (``x in {"a", "b"}``) are sorted: their repr follows PYTHONHASHSEED.
+    if hasattr(const, "co_code"):
+        return _code_tree(const)
+    if isinstance(const, tuple):
+        return ["tuple", [_const_tree(c) for c in const]]
+    if isinstance(const, frozenset):
+        return ["frozenset", sorted((_const_tree(c) for c in const), key=_pack)]
+    return repr(const)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -36,9 +36,14 @@ def call_id(function: str, key: str) -> tuple[str, str, str]:
 
 
 def make_private_dirs(path: str) -> None:
-    """``mkdir -p`` with mode 0700 for every directory created."""
+    """``mkdir -p`` with mode 0700 for every directory created (intermediate ones included)."""
+    if os.path.isdir(path):
+        return
+    parent = os.path.dirname(path)
+    if parent and parent != path:
+        make_private_dirs(parent)
     try:
-        os.makedirs(path, mode=0o700, exist_ok=True)
+        os.mkdir(path, 0o700)
     except FileExistsError:
         if not os.path.isdir(path):
             raise

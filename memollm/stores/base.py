@@ -57,5 +57,5 @@ class Store(abc.ABC):
         """Remove expired entries and leftovers."""
         return PruneReport()
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Release connections and files."""

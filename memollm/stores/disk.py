@@ -17,13 +17,16 @@ from .base import PruneReport, Store
 from .index import INDEX_FILENAME, Index
 
 T = TypeVar("T")
+LOCKS_DIRNAME = "locks"
 
 GITIGNORE = (
     "# Written by memollm. Entries (joblib/) are meant to be committable and portable;\n"
-    "# the index is rebuilt from them, and temporary files are leftovers of interrupted writes.\n"
+    "# the index is rebuilt from them, temporary files are leftovers of interrupted writes and\n"
+    "# lock files coordinate processes on this machine.\n"
     f"{INDEX_FILENAME}*\n"
     "*.corrupt-*\n"
     "output.msgpack.*\n"
+    f"{LOCKS_DIRNAME}/\n"
 )
 JOBLIB_GITIGNORE = "# Created by joblib automatically.\n*\n"
 LEFTOVER_AGE = 600.0  # seconds before a temporary file counts as the leftover of a dead writer
@@ -39,19 +42,22 @@ class DiskStore(Store):
         self.memory = joblib.Memory(self.location, backend="memollm", verbose=0)
         self.backend = self.memory.store_backend
         self.index = Index(self.location)
-        self._index_ready = False
+        self._index_checked = -1  # index generation known to be built
 
     def _write_gitignore(self) -> None:
         path = os.path.join(self.location, ".gitignore")
         try:
-            with open(path) as f:
-                current: Optional[str] = f.read()
+            with open(path, "rb") as f:
+                current: Optional[bytes] = f.read()
         except OSError:
             current = None
-        if current is None or current == JOBLIB_GITIGNORE:
+        ours = current is not None and current.startswith(GITIGNORE.encode()[:20]) and current != GITIGNORE.encode()
+        if current is None or current == JOBLIB_GITIGNORE.encode() or ours:  # missing, joblib's or an older one of ours
             try:
-                with open(path, "w") as f:
+                fd = os.open(path + f".tmp-{os.getpid()}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "w") as f:
                     f.write(GITIGNORE)
+                os.replace(path + f".tmp-{os.getpid()}", path)
             except OSError:
                 pass
 
@@ -77,8 +83,7 @@ class DiskStore(Store):
     def _quarantine_index(self, exc: Exception) -> None:
         warn_once(self.location, "index-corrupt", f"memollm: the cache index {self.index.path} was corrupt ({exc}); rebuilding it from the entries")
         self.index.close()
-        self.index._schema_ready = False
-        self._index_ready = False
+        self._index_checked = -1
         stamp = f"{int(time.time())}-{os.getpid()}"
         for suffix in ("", "-wal", "-shm"):
             try:
@@ -87,11 +92,13 @@ class DiskStore(Store):
                 pass
 
     def _ensure_index(self) -> None:
-        if self._index_ready:
+        """Rebuild the index from the entries when its file is new (missing, deleted, replaced)."""
+        generation = self.index.ensure_open()
+        if generation == self._index_checked:
             return
         if self.index.get_info("built") is None:
             self.rebuild_index()
-        self._index_ready = True
+        self._index_checked = generation
 
     def rebuild_index(self) -> int:
         """Re-create the index rows from the entries themselves; returns how many."""
@@ -173,6 +180,12 @@ class DiskStore(Store):
             report.leftovers += 1
             report.bytes += size
         return report
+
+    def lock_path(self, key: str) -> str:
+        """The per-key lock file used for single flight across processes (its directory exists, 0700)."""
+        directory = os.path.join(self.location, LOCKS_DIRNAME, key[:2])
+        make_private_dirs(directory)
+        return os.path.join(directory, key + ".lock")
 
     def close(self) -> None:
         self.index.close()

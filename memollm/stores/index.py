@@ -45,23 +45,37 @@ class Index:
     def __init__(self, cache_dir: str) -> None:
         self.path = os.path.join(cache_dir, INDEX_FILENAME)
         self._local = threading.local()
-        self._schema_ready = False
+        #: Bumped on every new connection, so callers notice a replaced (e.g. deleted) index file.
+        self.generation = 0
+
+    def _file_id(self) -> Optional[tuple[int, int]]:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return (st.st_dev, st.st_ino)
 
     def _connect(self) -> sqlite3.Connection:
         conn: Optional[sqlite3.Connection] = getattr(self._local, "conn", None)
         if conn is not None and self._local.pid == os.getpid():
-            return conn
+            # One stat per operation notices an index deleted or replaced under us.
+            if self._file_id() == self._local.file_id:
+                return conn
+            self.close()
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         os.close(fd)
         conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA busy_timeout=30000")
-        if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-            conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        if not self._schema_ready:
+        try:
+            conn.execute("PRAGMA busy_timeout=30000")
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
             conn.executescript(_SCHEMA)
-            self._schema_ready = True
-        self._local.conn, self._local.pid = conn, os.getpid()
+        except BaseException:
+            conn.close()
+            raise
+        self._local.conn, self._local.pid, self._local.file_id = conn, os.getpid(), self._file_id()
+        self.generation += 1
         return conn
 
     def execute(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Cursor:
@@ -70,8 +84,16 @@ class Index:
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
         if conn is not None and self._local.pid == os.getpid():
-            conn.close()
+            try:
+                conn.close()
+            except sqlite3.Error:
+                pass
         self._local.conn = None
+
+    def ensure_open(self) -> int:
+        """Connect (or reconnect if the file was replaced); returns ``generation``."""
+        self._connect()
+        return self.generation
 
     # -- entries --------------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ class MemoryStore(Store):
         return None if item is None else item[1]
 
     def set(self, meta: EntryMeta, data: bytes) -> None:
+        meta.size = len(data)
         with self._lock:
             self._entries[meta.key] = (meta, data)
 
