@@ -10,7 +10,6 @@ import re
 import threading
 from typing import Any, Iterator, Optional, Union
 
-from .stores.base import Store
 from .stores.disk import DiskStore  # imported eagerly: the first cached call must not pay for joblib's import
 
 CACHE_DIR_ENV = "MEMOLLM_CACHE_DIR"
@@ -125,11 +124,11 @@ def check_trusted(path: str) -> None:
         )
 
 
-_disk_stores: dict[str, Store] = {}
+_disk_stores: dict[str, DiskStore] = {}
 _disk_lock = threading.Lock()
 
 
-def disk_store(cache_dir: "str | os.PathLike[str]") -> Store:
+def disk_store(cache_dir: "str | os.PathLike[str]", max_size: Optional[int] = None) -> DiskStore:
     """The process-wide ``DiskStore`` for a cache dir (created on first use)."""
     path = os.fspath(cache_dir)
     store = _disk_stores.get(path)
@@ -139,4 +138,6 @@ def disk_store(cache_dir: "str | os.PathLike[str]") -> Store:
             store = _disk_stores.get(path)
             if store is None:
                 store = _disk_stores[path] = DiskStore(path)
+    if max_size is not None and store.max_size != max_size:
+        store.configure(max_size)
     return store

@@ -46,6 +46,7 @@ class _Engine:
         secret: Optional[bytes],
         replay: str,
         max_stream_size: int,
+        max_size: Optional[int],
     ) -> None:
         self.func = func
         self.function_id = keys.qualified_name(func)
@@ -58,18 +59,19 @@ class _Engine:
         self.secret = secret
         self.realtime = replay == "realtime"
         self.max_stream_size = max_stream_size
+        self.max_size = max_size
         self.counters = Counters()
         self._parsed: dict[str, tuple[bytes, EntryMeta, memoryview]] = {}
         self.signature = inspect.signature(func)
-        self.binder = keys.ArgumentBinder(self.signature)
         self.ignore = ignore
         _check_ignore(func, self.signature, ignore)
-        self.identity = [
+        identity = [
             func.__module__,
             func.__qualname__,
             keys.source_digest(func),
             keys.normalize(version, "cache_llm(version=...)"),
         ]
+        self.keys = keys.KeyMaker(identity, self.signature, ignore)
 
     # -- key ------------------------------------------------------------------------------
 
@@ -79,10 +81,8 @@ class _Engine:
     def key(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
         """The cache key of a call (``args`` include ``self``/``cls`` for methods)."""
         if self.key_fn is not None:
-            tree: Any = ["key=", keys.normalize(self.key_fn(*args, **kwargs), "the value returned by key=")]
-        else:
-            tree = keys.arguments_tree(self.binder.bind(args, kwargs), self.ignore)
-        return keys.make_key(self.identity, tree)
+            return self.keys.key_of(self.key_fn(*args, **kwargs))
+        return self.keys.key(args, kwargs)
 
     def call_key(self, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Optional[str]:
         """Key of a call, or ``None`` when the arguments do not fit the signature.
@@ -90,24 +90,16 @@ class _Engine:
         Then the function is called uncached and raises its own ``TypeError``. Arguments that
         fit but cannot be keyed raise ``keys.Unkeyable`` (a ``TypeError`` that says how to fix it).
         """
-        full = self.full_args(instance, args)
+        full = args if instance is None else (instance, *args)
         try:
-            if self.key_fn is not None:
-                self.signature.bind(*full, **kwargs)
-            return self.key(full, kwargs)
+            if self.key_fn is None:
+                return self.keys.key(full, kwargs)
+            self.signature.bind(*full, **kwargs)
         except keys.Unkeyable:
             raise
         except TypeError:
-            if self.key_fn is not None and self._fits(full, kwargs):
-                raise
             return None
-
-    def _fits(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
-        try:
-            self.signature.bind(*args, **kwargs)
-        except TypeError:
-            return False
-        return True
+        return self.keys.key_of(self.key_fn(*full, **kwargs))  # errors raised by key= are the user's
 
     # -- store ----------------------------------------------------------------------------
 
@@ -117,7 +109,7 @@ class _Engine:
             return self.fixed_store
         path = cache_dir_for(self.cache_dir)
         try:
-            return disk_store(path)
+            return disk_store(path, self.max_size)
         except Exception as exc:
             warn_once(path, "open", f"memollm: cannot use the cache dir {path} ({exc}); calls go to the provider uncached")
             return None
@@ -614,6 +606,7 @@ def cache_llm(
     secret: Union[str, bytes, None] = None,
     replay: str = "instant",
     max_stream_size: Union[int, str] = streams.DEFAULT_MAX_STREAM_SIZE,
+    max_size: Union[int, str, None] = None,
 ) -> Callable[[F], F]: ...
 
 
@@ -631,6 +624,7 @@ def cache_llm(
     secret: Union[str, bytes, None] = None,
     replay: str = "instant",
     max_stream_size: Union[int, str] = streams.DEFAULT_MAX_STREAM_SIZE,
+    max_size: Union[int, str, None] = None,
 ) -> Any:
     """Cache an LLM helper's results: ``@cache_llm`` or ``@cache_llm(ttl=3600, cache_dir=...)``.
 
@@ -650,6 +644,9 @@ def cache_llm(
     if replay not in ("instant", "realtime"):
         raise ValueError(f"cache_llm(replay={replay!r}) must be 'instant' (default) or 'realtime' (recorded chunk timing)")
     stream_limit = parse_size(max_stream_size, "cache_llm(max_stream_size=...)")
+    size_limit = parse_size(max_size, "cache_llm(max_size=...)")
+    if size_limit is not None and fixed_store is not None:
+        raise ValueError("cache_llm(max_size=...) bounds a disk cache dir; it does not apply to store=... (Redis has its own maxmemory)")
     options = dict(
         ttl=seconds,
         cache_dir=None if cache_dir is None else os.fspath(cache_dir),
@@ -662,6 +659,7 @@ def cache_llm(
         secret=secret_bytes(secret),
         replay=replay,
         max_stream_size=stream_limit,
+        max_size=size_limit,
     )
 
     def decorate(f: Callable[..., Any]) -> Any:

@@ -23,6 +23,11 @@ from typing import Any, Callable, Iterable
 import msgpack
 import xxhash
 
+try:  # a native sorted-keys encoder producing the very same bytes, ~25x faster (see KeyMaker)
+    import ormsgpack
+except ImportError:  # pragma: no cover - the pure-Python path gives identical keys
+    ormsgpack = None  # type: ignore[assignment]
+
 KEY_FORMAT = "memollm-key/1"
 
 # Parameters whose *names* mark them as secrets: left out of the key, never written.
@@ -71,18 +76,6 @@ def _strip_secret_headers(headers: Any) -> Any:
     if isinstance(headers, Mapping):
         return {k: v for k, v in headers.items() if not (isinstance(k, str) and k.lower() in SECRET_HEADER_NAMES)}
     return headers
-
-
-def scrub_arguments(arguments: Mapping[str, Any]) -> dict[str, Any]:
-    """Drop secret-named entries, and secret headers inside ``headers``/``extra_headers``."""
-    clean: dict[str, Any] = {}
-    for name, value in arguments.items():
-        if is_secret_name(name):
-            continue
-        if name.lower() in HEADER_PARAMETER_NAMES:
-            value = _strip_secret_headers(value)
-        clean[name] = value
-    return clean
 
 
 def qualified_name(obj: Any) -> str:
@@ -306,3 +299,77 @@ def arguments_tree(bound: Mapping[str, Any], ignore: frozenset[str]) -> dict[str
 def make_key(identity: list[Any], arguments: Any) -> str:
     """Final key: digest of ``[format, identity..., arguments]``."""
     return digest([KEY_FORMAT, *identity, arguments])
+
+
+if ormsgpack is not None:
+    # Every type whose key form is tagged (or differs from ormsgpack's native encoding) is
+    # passed through to ``_refuse``, so the fast path only encodes plain JSON-like data, for
+    # which its bytes equal ``msgpack.packb(normalize(value))`` (tests/test_keys.py checks this).
+    _FAST_OPTIONS = (
+        ormsgpack.OPT_SORT_KEYS
+        | ormsgpack.OPT_PASSTHROUGH_BIG_INT
+        | ormsgpack.OPT_PASSTHROUGH_DATACLASS
+        | ormsgpack.OPT_PASSTHROUGH_DATETIME
+        | ormsgpack.OPT_PASSTHROUGH_ENUM
+        | ormsgpack.OPT_PASSTHROUGH_SUBCLASS
+        | ormsgpack.OPT_PASSTHROUGH_UUID
+    )
+
+
+def _refuse(value: Any) -> Any:
+    raise TypeError("needs normalization")
+
+
+def pack_normalized(value: Any, where: str = "the argument") -> bytes:
+    """``msgpack.packb(normalize(value))``, through the native encoder when the data is plain."""
+    if ormsgpack is not None:
+        try:
+            return ormsgpack.packb(value, default=_refuse, option=_FAST_OPTIONS)
+        except Exception:
+            pass
+    return _pack(normalize(value, where))
+
+
+class KeyMaker:
+    """Computes a function's keys; everything fixed per function is prepared once.
+
+    The key is ``digest([KEY_FORMAT, *identity, arguments])``: the constant prefix is packed
+    here, so a call only binds, filters and packs its arguments.
+    """
+
+    def __init__(self, identity: list[Any], signature: inspect.Signature, ignore: frozenset[str]) -> None:
+        self.binder = ArgumentBinder(signature)
+        self.ignore = ignore
+        self.prefix = msgpack.Packer().pack_array_header(2 + len(identity)) + b"".join(_pack(x) for x in [KEY_FORMAT, *identity])
+        names = list(signature.parameters)
+        self._needs_filter = self.binder.var_keyword is not None or any(
+            n in ignore or is_secret_name(n) or n.lower() in HEADER_PARAMETER_NAMES for n in names
+        )
+
+    def arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+        """The packed, secret-free argument map of a call (``TypeError`` if it does not fit)."""
+        bound = self.binder.bind(args, kwargs)
+        if self._needs_filter or not self.binder._simple:
+            tree: dict[str, Any] = {}
+            for name, value in bound.items():
+                plain = name[2:] if name.startswith("**") else name
+                if plain in self.ignore or is_secret_name(plain):
+                    continue
+                if plain.lower() in HEADER_PARAMETER_NAMES:
+                    value = _strip_secret_headers(value)
+                tree[name] = value
+            bound = tree
+        if ormsgpack is not None:
+            try:
+                return ormsgpack.packb(bound, default=_refuse, option=_FAST_OPTIONS)
+            except Exception:
+                pass
+        return _pack(arguments_tree(bound, frozenset()))
+
+    def key(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+        """The 32-hex key of a call."""
+        return xxhash.xxh3_128_hexdigest(self.prefix + self.arguments(args, kwargs))
+
+    def key_of(self, value: Any) -> str:
+        """The key when ``key=`` chose what to key on."""
+        return xxhash.xxh3_128_hexdigest(self.prefix + pack_normalized(["key=", value], "the value returned by key="))

@@ -10,7 +10,7 @@ import contextlib
 import contextvars
 import enum
 import os
-from typing import Iterator, Optional, Union
+from typing import Any, Iterator, Optional, Union
 
 MODE_ENV = "MEMOLLM_MODE"
 
@@ -64,12 +64,26 @@ def cache_mode(mode: Union[str, Mode]) -> Iterator[Mode]:
         _context_mode.reset(token)
 
 
+# Reading os.environ costs ~1 us (key encoding, Mapping.get); its backing dict, ~0.1 us.
+_environ_data = getattr(os.environ, "_data", None)
+_env_key = os.environ.encodekey(MODE_ENV) if hasattr(os.environ, "encodekey") else MODE_ENV  # type: ignore[attr-defined]
+_last_env: tuple[Any, Optional[Mode]] = (None, None)
+
+
+def _environment_mode() -> Optional[Mode]:
+    global _last_env
+    raw = _environ_data.get(_env_key) if _environ_data is not None else os.environ.get(MODE_ENV)
+    if not raw:
+        return None
+    if raw is not _last_env[0]:
+        text = raw.decode() if isinstance(raw, bytes) else raw
+        _last_env = (raw, parse_mode(text, MODE_ENV))
+    return _last_env[1]
+
+
 def current_mode(default: Optional[Mode] = None) -> Mode:
     """The mode in force for a call whose decorator says ``default``."""
     mode = _context_mode.get()
     if mode is not None:
         return mode
-    env = os.environ.get(MODE_ENV)
-    if env:
-        return parse_mode(env, MODE_ENV)
-    return default or Mode.READWRITE
+    return _environment_mode() or default or Mode.READWRITE

@@ -12,9 +12,10 @@ import joblib
 
 from ..entry import CorruptEntry, EntryMeta, read_meta
 from ..report import warn_once
-from .backend import call_id, function_dirname, make_private_dirs
+from .backend import ITEM_FILENAME, call_id, function_dirname, make_private_dirs
 from .base import PruneReport, Store
 from .index import INDEX_FILENAME, Index
+from .usage import UsageLog
 
 T = TypeVar("T")
 LOCKS_DIRNAME = "locks"
@@ -29,6 +30,8 @@ GITIGNORE = (
     f"{LOCKS_DIRNAME}/\n"
 )
 JOBLIB_GITIGNORE = "# Created by joblib automatically.\n*\n"
+RECENT_BYTES_MAX = 32 * 2**20  # bytes of recently read entries kept per cache dir
+RECENT_ITEM_MAX = 2**20
 LEFTOVER_AGE = 600.0  # seconds before a temporary file counts as the leftover of a dead writer
 
 
@@ -43,6 +46,14 @@ class DiskStore(Store):
         self.backend = self.memory.store_backend
         self.index = Index(self.location)
         self._index_checked = -1  # index generation known to be built
+        self.usage = UsageLog(self.index)
+        self.max_size: Optional[int] = None
+        self._entries_root = self.backend.location
+        # Entries read recently, by path: (inode, size, mtime) -> bytes. A hit re-validates with one
+        # stat instead of re-reading; writers always replace files (new inode), never rewrite them.
+        self._recent: dict[str, tuple[tuple[int, int, int], bytes]] = {}
+        self._recent_bytes = 0
+        self._function_dirs: dict[str, str] = {}
 
     def _write_gitignore(self) -> None:
         path = os.path.join(self.location, ".gitignore")
@@ -119,16 +130,85 @@ class DiskStore(Store):
 
     # -- the Store interface -----------------------------------------------------------------
 
+    def item_path(self, function: str, key: str) -> str:
+        directory = self._function_dirs.get(function)
+        if directory is None:
+            directory = self._function_dirs[function] = os.path.join(self._entries_root, function_dirname(function))
+        return f"{directory}{os.sep}{key[:2]}{os.sep}{key}{os.sep}{ITEM_FILENAME}"
+
     def get(self, function: str, key: str) -> Optional[bytes]:
+        path = self.item_path(function, key)
         try:
-            return self.backend.load_item(call_id(function, key))
+            st = os.stat(path)
         except (FileNotFoundError, NotADirectoryError):
             return None
+        signature = (st.st_ino, st.st_size, st.st_mtime_ns)
+        recent = self._recent.get(path)
+        if recent is not None and recent[0] == signature:
+            return recent[1]
+        try:
+            with open(path, "rb") as f:  # the backend's load_item, minus rebuilding the path
+                data = f.read()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        if len(data) == st.st_size and len(data) <= RECENT_ITEM_MAX:
+            self._remember(path, signature, data)
+        return data
+
+    def _remember(self, path: str, signature: tuple[int, int, int], data: bytes) -> None:
+        if self._recent_bytes + len(data) > RECENT_BYTES_MAX:
+            self._recent.clear()
+            self._recent_bytes = 0
+        previous = self._recent.pop(path, None)
+        if previous is not None:
+            self._recent_bytes -= len(previous[1])
+        self._recent[path] = (signature, data)
+        self._recent_bytes += len(data)
 
     def set(self, meta: EntryMeta, data: bytes) -> None:
         self.backend.dump_item(call_id(meta.function, meta.key), data)
         meta.size = len(data)
-        self._with_index(lambda: self.index.put(meta), lambda: None)
+        self._with_index(lambda: self._index_and_evict(meta), lambda: None)
+
+    def _index_and_evict(self, meta: EntryMeta) -> None:
+        self.index.put(meta)
+        if self.max_size is not None and self.index.totals()[0] > self.max_size:
+            self.evict(self.max_size, keep=meta.key)
+
+    def configure(self, max_size: Optional[int]) -> None:
+        """Bound the cache dir to ``max_size`` bytes (remembered in the index for ``memollm prune``)."""
+        if max_size is None or max_size == self.max_size:
+            return
+        self.max_size = max_size
+        self._with_index(lambda: self.index.set_info("max_size", max_size), lambda: None)
+
+    def evict(self, max_size: int, keep: Optional[str] = None) -> PruneReport:
+        """Remove least-recently-used entries until the dir holds at most ``max_size`` bytes.
+
+        Costs one index range read per batch removed: proportional to what is evicted.
+        """
+        report = PruneReport()
+        self.usage.flush()  # recent hits count as recent use
+        total = self.index.totals()[0]
+        while total > max_size:
+            rows = [r for r in self.index.least_recently_used(64) if r[0] != keep]
+            if not rows:
+                break
+            for key, function, size in rows:
+                if total <= max_size:
+                    break
+                self.backend.clear_item(call_id(function, key))
+                self.index.remove([key])
+                total -= size
+                report.entries += 1
+                report.bytes += size
+        return report
+
+    def note_hit(self, meta: EntryMeta) -> None:
+        self.usage.hit(meta.function, meta.key, meta.duration, meta.tokens)
+
+    def note_miss(self, function: str) -> None:
+        self.usage.miss(function)
 
     def delete(self, function: str, key: str) -> bool:
         cid = call_id(function, key)
@@ -171,6 +251,11 @@ class DiskStore(Store):
                     return
 
         self._with_index(expire, lambda: None)
+        limit = self.max_size or self._with_index(lambda: self.index.get_info("max_size"), lambda: None)
+        if limit:
+            evicted = self._with_index(lambda: self.evict(int(limit)), PruneReport)
+            report.entries += evicted.entries
+            report.bytes += evicted.bytes
         for path in self.backend.iter_leftovers(now - LEFTOVER_AGE):
             try:
                 size = os.stat(path).st_size
@@ -188,6 +273,7 @@ class DiskStore(Store):
         return os.path.join(directory, key + ".lock")
 
     def close(self) -> None:
+        self.usage.flush()
         self.index.close()
 
 

@@ -34,6 +34,24 @@ CREATE INDEX IF NOT EXISTS entries_function ON entries(function);
 CREATE INDEX IF NOT EXISTS entries_expires ON entries(expires) WHERE expires IS NOT NULL;
 CREATE INDEX IF NOT EXISTS entries_last_access ON entries(last_access);
 CREATE TABLE IF NOT EXISTS info (name TEXT PRIMARY KEY, value) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS totals (id INTEGER PRIMARY KEY CHECK (id = 0), bytes INTEGER NOT NULL, entries INTEGER NOT NULL);
+INSERT OR IGNORE INTO totals SELECT 0, COALESCE(SUM(size), 0), COUNT(*) FROM entries;
+CREATE TRIGGER IF NOT EXISTS entries_added AFTER INSERT ON entries BEGIN
+    UPDATE totals SET bytes = bytes + NEW.size, entries = entries + 1 WHERE id = 0;
+END;
+CREATE TRIGGER IF NOT EXISTS entries_removed AFTER DELETE ON entries BEGIN
+    UPDATE totals SET bytes = bytes - OLD.size, entries = entries - 1 WHERE id = 0;
+END;
+CREATE TRIGGER IF NOT EXISTS entries_resized AFTER UPDATE OF size ON entries BEGIN
+    UPDATE totals SET bytes = bytes - OLD.size + NEW.size WHERE id = 0;
+END;
+CREATE TABLE IF NOT EXISTS stats (
+    function TEXT PRIMARY KEY,
+    hits INTEGER NOT NULL DEFAULT 0,
+    misses INTEGER NOT NULL DEFAULT 0,
+    seconds_saved REAL NOT NULL DEFAULT 0,
+    tokens_saved INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
 """
 
 _COLUMNS = "key, function, created, expires, size, duration, tokens, kind, hits, last_access"
@@ -64,9 +82,9 @@ class Index:
             self.close()
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         os.close(fd)
-        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+        conn = sqlite3.connect(self.path, timeout=5, isolation_level=None, check_same_thread=False)
         try:
-            conn.execute("PRAGMA busy_timeout=30000")
+            conn.execute("PRAGMA busy_timeout=5000")
             if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
                 conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
@@ -133,9 +151,19 @@ class Index:
         for row in cursor:
             yield dict(zip(names, row))
 
+    def totals(self) -> tuple[int, int]:
+        """``(bytes, entries)`` of the whole cache dir, kept by triggers: O(1)."""
+        row = self.execute("SELECT bytes, entries FROM totals WHERE id = 0").fetchone()
+        return (int(row[0]), int(row[1])) if row else (0, 0)
+
+    def least_recently_used(self, limit: int) -> list[tuple[str, str, int]]:
+        """Up to ``limit`` (key, function, size) rows, least recently used first."""
+        cur = self.execute("SELECT key, function, size FROM entries ORDER BY last_access LIMIT ?", (limit,))
+        return [tuple(r) for r in cur]  # type: ignore[misc]
+
     def count(self, function: Optional[str] = None) -> int:
         if function is None:
-            return int(self.execute("SELECT COUNT(*) FROM entries").fetchone()[0])
+            return self.totals()[1]
         return int(self.execute("SELECT COUNT(*) FROM entries WHERE function = ?", (function,)).fetchone()[0])
 
     def expired(self, now: Optional[float] = None, limit: int = 1000) -> list[tuple[str, str, int]]:

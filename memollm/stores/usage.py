@@ -1,13 +1,15 @@
 """Usage of a cache dir: per-entry hits and last access, per-function counters, kept in the index.
 
-Hits happen on the fast path, so they are buffered in memory and written in one transaction
-at most once a second (and at exit); the counters persist across runs so ``memollm stats``
-can report them.
+Hits happen on the fast path, so they are buffered in memory and written by a background
+thread in one transaction about once a second (and at exit): a hit never waits for SQLite.
+The counters persist across runs so ``memollm stats`` can report them, and ``last_access``
+drives least-recently-used eviction.
 """
 
 from __future__ import annotations
 
 import atexit
+import os
 import threading
 import time
 import weakref
@@ -17,17 +19,6 @@ from .index import Index, _transaction
 
 FLUSH_INTERVAL = 1.0
 
-_STATS_SCHEMA = """
-CREATE TABLE IF NOT EXISTS stats (
-    function TEXT PRIMARY KEY,
-    hits INTEGER NOT NULL DEFAULT 0,
-    misses INTEGER NOT NULL DEFAULT 0,
-    seconds_saved REAL NOT NULL DEFAULT 0,
-    tokens_saved INTEGER NOT NULL DEFAULT 0
-) WITHOUT ROWID;
-"""
-
-
 class UsageLog:
     """Buffered writer of hits/misses into an ``Index``."""
 
@@ -36,47 +27,38 @@ class UsageLog:
         self._lock = threading.Lock()
         self._entry_hits: dict[str, list[Any]] = {}  # key -> [hits, last access]
         self._functions: dict[str, list[Any]] = {}  # function -> [hits, misses, seconds, tokens]
-        self._last_flush = time.monotonic()
-        self._schema_ready = False
+        self._hits: list[tuple[str, str, float, int, float]] = []
         _live_logs.add(self)
 
     def hit(self, function: str, key: str, duration: float, tokens: int) -> None:
-        now = time.time()
-        with self._lock:
-            entry = self._entry_hits.get(key)
-            if entry is None:
-                self._entry_hits[key] = [1, now]
-            else:
-                entry[0] += 1
-                entry[1] = now
-            counters = self._functions.setdefault(function, [0, 0, 0.0, 0])
-            counters[0] += 1
-            counters[2] += duration
-            counters[3] += tokens
-        self._maybe_flush()
+        if _flusher_pid != os.getpid():
+            _start_flusher()
+        self._hits.append((function, key, duration, tokens, time.time()))  # atomic; tallied at flush
 
     def miss(self, function: str) -> None:
+        if _flusher_pid != os.getpid():
+            _start_flusher()
         with self._lock:
             self._functions.setdefault(function, [0, 0, 0.0, 0])[1] += 1
-        self._maybe_flush()
-
-    def _maybe_flush(self) -> None:
-        if time.monotonic() - self._last_flush >= FLUSH_INTERVAL:
-            self.flush()
 
     def flush(self) -> None:
         """Write what is buffered; on failure keep nothing (usage figures are best effort)."""
         with self._lock:
+            hits, self._hits = self._hits, []
             entry_hits, self._entry_hits = self._entry_hits, {}
             functions, self._functions = self._functions, {}
-            self._last_flush = time.monotonic()
+        for function, key, duration, tokens, when in hits:
+            entry = entry_hits.setdefault(key, [0, when])
+            entry[0] += 1
+            entry[1] = max(entry[1], when)
+            counters = functions.setdefault(function, [0, 0, 0.0, 0])
+            counters[0] += 1
+            counters[2] += duration
+            counters[3] += tokens
         if not entry_hits and not functions:
             return
         try:
             conn = self.index._connect()
-            if not self._schema_ready:
-                conn.executescript(_STATS_SCHEMA)
-                self._schema_ready = True
             with _transaction(conn):
                 conn.executemany(
                     "UPDATE entries SET hits = hits + ?, last_access = MAX(last_access, ?) WHERE key = ?",
@@ -95,9 +77,6 @@ class UsageLog:
         """Persisted counters per function (after flushing this process's buffer)."""
         self.flush()
         conn = self.index._connect()
-        if not self._schema_ready:
-            conn.executescript(_STATS_SCHEMA)
-            self._schema_ready = True
         sql = "SELECT function, hits, misses, seconds_saved, tokens_saved FROM stats"
         rows = conn.execute(sql + " WHERE function = ?", (function,)) if function else conn.execute(sql + " ORDER BY function")
         names = ["function", "hits", "misses", "seconds_saved", "tokens_saved"]
@@ -105,6 +84,26 @@ class UsageLog:
 
 
 _live_logs: "weakref.WeakSet[UsageLog]" = weakref.WeakSet()
+_flusher_pid = 0
+_flusher_lock = threading.Lock()
+
+
+def _flush_loop() -> None:
+    while True:
+        time.sleep(FLUSH_INTERVAL)
+        _flush_all()
+
+
+def _start_flusher() -> None:
+    """Start the flushing thread of this process (again after a fork, where threads are gone)."""
+    global _flusher_pid
+    with _flusher_lock:
+        if _flusher_pid != os.getpid():
+            if _flusher_pid:  # a forked child: what is buffered belongs to the parent, which writes it
+                for log in list(_live_logs):
+                    log._hits, log._entry_hits, log._functions = [], {}, {}
+            threading.Thread(target=_flush_loop, name="memollm-usage", daemon=True).start()
+            _flusher_pid = os.getpid()
 
 
 @atexit.register
