@@ -415,3 +415,46 @@ def test_version_changes_key() -> None:
 def test_key_stable_within_process() -> None:
     value = {"messages": [{"role": "user", "content": "hi"}], "tools": {"a", "b"}, "n": 2**80, "when": dt.date(2024, 1, 1)}
     assert len({complete.cache_key(value) for _ in range(5)}) == 1
+
+
+# --- the native fast path must produce exactly the pure-Python bytes (keys never depend on it) ---
+
+
+_LEAVES = [
+    0, 1, 127, 128, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**63 - 1, 2**64 - 1,
+    -1, -32, -33, -128, -129, -32768, -32769, -(2**31) - 1, -(2**63),
+    0.0, -0.0, 1.5, 1e300, float("inf"), True, False, None,
+    "", "a" * 31, "b" * 32, "c" * 255, "d" * 256, "é中😀" * 30, "x" * 65536,
+    b"", b"\x00" * 255, b"\x01" * 256,
+]
+
+
+def _random_tree(rng, depth=0):
+    kind = rng.random()
+    if depth > 3 or kind < 0.45:
+        return rng.choice(_LEAVES) if kind > 0.05 else "".join(rng.choice("azAZ09 é中\n") for _ in range(rng.randint(0, 40)))
+    if kind < 0.7:
+        return [_random_tree(rng, depth + 1) for _ in range(rng.choice([0, 1, 15, 16, 17]))]
+    return {
+        "".join(rng.choice("abcXYZé_") for _ in range(rng.randint(0, 6))): _random_tree(rng, depth + 1)
+        for _ in range(rng.choice([0, 1, 15, 16, 17]))
+    }
+
+
+def test_fast_key_packing_matches_pure_python_bytes():
+    import random
+
+    import msgpack
+
+    from memollm import keys
+
+    rng = random.Random(20261122)
+    for _ in range(400):
+        tree = _random_tree(rng)
+        assert keys.pack_normalized(tree) == msgpack.packb(keys.normalize(tree), use_bin_type=True)
+    # tuples pack like lists; anything tagged falls back to the pure-Python normalizer
+    assert keys.pack_normalized((1, "a")) == keys.pack_normalized([1, "a"])
+    import datetime
+
+    tagged = {"when": datetime.date(2024, 1, 2), "n": 2**70, "s": {1, 2}}
+    assert keys.pack_normalized(tagged) == msgpack.packb(keys.normalize(tagged), use_bin_type=True)
