@@ -1,0 +1,139 @@
+"""Stats: per-function cache_info, tokens saved from usage, counters persisted for the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from memollm import cache_llm
+from memollm.stores.disk import DiskStore
+
+
+def test_cache_info_counts_time_and_tokens_saved(tmp_path):
+    @cache_llm(cache_dir=tmp_path)
+    def complete(prompt):
+        time.sleep(0.05)
+        return {"text": prompt, "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}}
+
+    complete("a")
+    complete("a")
+    complete("a")
+    info = complete.cache_info()
+    assert (info.hits, info.misses, info.entries) == (2, 1, 1)
+    assert info.tokens_saved == 14
+    assert info.seconds_saved >= 0.09
+    assert info.bytes > 0
+
+
+@pytest.mark.parametrize(
+    "usage, tokens",
+    [
+        ({"total_tokens": 11}, 11),  # OpenAI
+        ({"input_tokens": 5, "output_tokens": 6}, 11),  # Anthropic
+        (None, 0),
+    ],
+)
+def test_tokens_from_dict_and_object_usage(tmp_path, usage, tokens):
+    from types import SimpleNamespace
+
+    from memollm.stats import tokens_of
+
+    assert tokens_of({"usage": usage}) == tokens
+    if usage is not None:
+        assert tokens_of(SimpleNamespace(usage=SimpleNamespace(**usage))) == tokens
+
+
+def test_tokens_saved_from_openai_and_anthropic_objects(tmp_path):
+    import anthropic.types
+    import openai.types.chat
+
+    completion = openai.types.chat.ChatCompletion.model_validate(
+        {
+            "id": "c1", "object": "chat.completion", "created": 1, "model": "gpt-4o",
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "hi"}}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12},
+        }
+    )
+    message = anthropic.types.Message.model_validate(
+        {
+            "id": "m1", "type": "message", "role": "assistant", "model": "claude", "stop_reason": "end_turn",
+            "content": [{"type": "text", "text": "hi"}], "usage": {"input_tokens": 8, "output_tokens": 3},
+        }
+    )
+
+    @cache_llm(cache_dir=tmp_path)
+    def openai_helper(prompt):
+        return completion
+
+    @cache_llm(cache_dir=tmp_path)
+    def anthropic_helper(prompt):
+        return message
+
+    for helper in (openai_helper, anthropic_helper):
+        helper("x")
+        helper("x")
+    assert openai_helper.cache_info().tokens_saved == 12
+    assert anthropic_helper.cache_info().tokens_saved == 11
+
+
+def test_stream_tokens_are_counted(tmp_path):
+    @cache_llm(cache_dir=tmp_path)
+    def stream(prompt):
+        yield {"delta": "a"}
+        yield {"delta": "b", "usage": {"total_tokens": 9}}
+
+    list(stream("p"))
+    list(stream("p"))
+    assert stream.cache_info().tokens_saved == 9
+
+
+SCRIPT = textwrap.dedent(
+    """
+    import sys, time
+    sys.path.insert(0, sys.argv[2])
+    from memollm import cache_llm
+
+    @cache_llm(cache_dir=sys.argv[1])
+    def complete(prompt):
+        time.sleep(0.02)
+        return {"text": prompt, "usage": {"total_tokens": 5}}
+
+    for prompt in ["a", "a", "b", "a"]:
+        complete(prompt)
+    """
+)
+
+
+def test_stats_persist_across_runs_for_the_cli(tmp_path):
+    script = tmp_path / "run.py"
+    script.write_text(SCRIPT)
+    cache = tmp_path / "cache"
+    for _ in range(2):
+        subprocess.run([sys.executable, str(script), str(cache), str(tmp_path)], check=True, timeout=60)
+    totals = {row["function"]: row for row in DiskStore(cache).usage.totals()}
+    assert len(totals) == 1
+    (row,) = totals.values()
+    # run 1: a miss, a hit, b miss, a hit; run 2: four hits
+    assert (row["hits"], row["misses"]) == (6, 2)
+    assert row["tokens_saved"] == 30
+    assert row["seconds_saved"] >= 6 * 0.015
+
+    report = json.loads(
+        subprocess.run(
+            [sys.executable, "-m", "memollm", "stats", "--cache-dir", str(cache), "--json"],
+            check=True, capture_output=True, text=True, timeout=60,
+        ).stdout
+    )
+    assert (report["hits"], report["misses"], report["entries"], report["tokens_saved"]) == (6, 2, 2, 30)
+    listed = json.loads(
+        subprocess.run(
+            [sys.executable, "-m", "memollm", "ls", "--cache-dir", str(cache), "--json"],
+            check=True, capture_output=True, text=True, timeout=60,
+        ).stdout
+    )
+    assert sorted(entry["hits"] for entry in listed) == [1, 5]
