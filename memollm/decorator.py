@@ -306,6 +306,13 @@ class _Engine:
             return
         self.write(store, meta, pack_entry(meta, body, self.secret))
 
+    def recording(self, result: Any, finish: streams.Finish) -> Any:
+        """A proxy that records a returned iterator or async iterator while it is consumed."""
+        recorder = streams.Recorder(self.max_stream_size, self.allow_pickle)
+        if _is_async_stream(result):
+            return streams.AsyncRecordingStream(result, recorder, finish)
+        return streams.RecordingStream(result, recorder, finish)
+
     def deliver(self, value: Any, is_async: bool) -> Any:
         """A hit's value; a recorded stream becomes a replay object."""
         if isinstance(value, Stream):
@@ -327,9 +334,8 @@ class _Engine:
             start = time.perf_counter()
             result = wrapped(*args, **kwargs)
             duration = time.perf_counter() - start
-            if _is_stream(result):
-                recorder = streams.Recorder(self.max_stream_size, self.allow_pickle)
-                stream = streams.RecordingStream(result, recorder, self.finisher(mode, store, key, release))
+            if _is_stream(result) or _is_async_stream(result):
+                stream = self.recording(result, self.finisher(mode, store, key, release))
                 release = _noop
                 return stream
             if store is not None and mode.writes:
@@ -354,12 +360,9 @@ class _Engine:
             result = await wrapped(*args, **kwargs)
             duration = time.perf_counter() - start
             if _is_async_stream(result) or _is_stream(result):
-                recorder = streams.Recorder(self.max_stream_size, self.allow_pickle)
-                finish = self.finisher(mode, store, key, release)
+                stream = self.recording(result, self.finisher(mode, store, key, release))
                 release = _noop
-                if _is_async_stream(result):
-                    return streams.AsyncRecordingStream(result, recorder, finish)
-                return streams.RecordingStream(result, recorder, finish)
+                return stream
             if store is not None and mode.writes:
                 self.save(store, key, result, duration)
             return result

@@ -9,10 +9,10 @@ provider that fails, leaves nothing behind, and the provider's stream is closed.
 from __future__ import annotations
 
 import asyncio
+import struct
 import time
 from typing import Any, AsyncGenerator, Callable, Generator, Optional
 
-import msgpack
 import wrapt
 
 from . import codec
@@ -20,16 +20,19 @@ from .entry import Stream
 from .stats import UsageTally
 
 DEFAULT_MAX_STREAM_SIZE = 64 * 2**20
-_header = msgpack.Packer()
+# The body starts as a msgpack array of 3 ([chunks, result, offsets]) whose first element is an
+# array32 header; its count is filled in at the end, so the chunks append to one buffer in place.
+_BODY_START = b"\x93\xdd\x00\x00\x00\x00"
 
 
 class Recorder:
-    """Collects encoded chunks and their arrival offsets; gives up past ``limit`` bytes."""
+    """Collects encoded chunks (in one growing buffer) and their arrival offsets; gives up past ``limit`` bytes."""
 
     def __init__(self, limit: int, allow_pickle: bool) -> None:
         self.limit = limit
         self.allow_pickle = allow_pickle
-        self.parts: list[bytes] = []
+        self.buffer = bytearray(_BODY_START)
+        self.count = 0
         self.offsets: list[float] = []
         self.size = 0
         self.usage = UsageTally()
@@ -44,23 +47,33 @@ class Recorder:
         try:
             data = codec.encode(chunk, self.allow_pickle)
         except codec.UnencodableValue as exc:
-            self.problem, self.parts = str(exc), []
+            self._give_up(str(exc))
             return
         self.size += len(data)
         if self.size > self.limit:
-            self.problem = f"the stream is larger than max_stream_size={self.limit} bytes"
-            self.parts = []
+            self._give_up(f"the stream is larger than max_stream_size={self.limit} bytes")
         else:
-            self.parts.append(data)
+            self.buffer += data
+            self.count += 1
+
+    def _give_up(self, problem: str) -> None:
+        self.problem = problem
+        self.buffer = bytearray()
 
     @property
     def duration(self) -> float:
         return time.perf_counter() - self.start
 
-    def body(self, result: Any) -> bytes:
-        """The entry body: the msgpack form of ``[chunks, result, offsets]``."""
-        head = _header.pack_array_header(3) + _header.pack_array_header(len(self.parts))
-        return b"".join([head, *self.parts, codec.encode(result, self.allow_pickle), codec.encode(self.offsets)])
+    def body(self, result: Any) -> bytearray:
+        """The entry body: the msgpack form of ``[chunks, result, offsets]``.
+
+        Hands over the recorder's buffer (no copy of the chunks); call it once.
+        """
+        tail = codec.encode(result, self.allow_pickle) + codec.encode(self.offsets)
+        body, self.buffer = self.buffer, bytearray()
+        struct.pack_into(">I", body, 2, self.count)
+        body += tail
+        return body
 
 
 def _close(source: Any) -> None:
@@ -206,51 +219,109 @@ class AsyncRecordingStream(wrapt.ObjectProxy):  # type: ignore[misc]
         await self._self_chunks.aclose()
         await _aclose(self.__wrapped__)
 
+    async def aclose(self) -> None:
+        """``close()``, under the name async generators use."""
+        await self.close()
+
     def __del__(self) -> None:
         if not self._self_started:
             self._self_finish(None, None)
 
 
+class _Cursor:
+    """The position in a recorded stream, and (for realtime replay) how long until the next chunk."""
+
+    def __init__(self, stream: Stream, realtime: bool) -> None:
+        self.chunks = stream.chunks
+        self.offsets = stream.offsets if realtime else []
+        self.next = 0
+        self.start: Optional[float] = None
+
+    def wait(self) -> float:
+        """Seconds to wait before the next chunk is due (``0.0`` if it is due now)."""
+        if self.start is None:
+            self.start = time.perf_counter()
+        if self.next < len(self.offsets):
+            return max(0.0, self.offsets[self.next] - (time.perf_counter() - self.start))
+        return 0.0
+
+    def take(self) -> Any:
+        """The next chunk; ``IndexError`` at the end."""
+        chunk = self.chunks[self.next]
+        self.next += 1
+        return chunk
+
+    def close(self) -> None:
+        self.chunks, self.offsets = [], []
+
+
+class _Closed:
+    """What ``ReplayStream.close()`` returns: awaiting it is a no-op, so ``await s.close()`` works too."""
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return
+        yield
+
+
+_CLOSED = _Closed()
+
+
 class ReplayStream:
-    """What a cached SDK-stream helper returns on a hit: iterable, a context manager, closable."""
+    """What a cached helper that returned a stream gives on a hit.
+
+    It replays the recorded chunks with either protocol, whatever the original was: ``for`` and
+    ``with``, or ``async for`` and ``async with``; ``close()`` works with or without ``await``
+    (``aclose()`` too). ``result`` is the recorded return value.
+    """
 
     def __init__(self, stream: Stream, realtime: bool = False) -> None:
-        self._chunks = replay(stream, realtime)
+        self._cursor = _Cursor(stream, realtime)
         self.result = stream.result
 
     def __iter__(self) -> "ReplayStream":
         return self
 
     def __next__(self) -> Any:
-        return next(self._chunks)
+        delay = self._cursor.wait()
+        if delay > 0:
+            time.sleep(delay)
+        try:
+            return self._cursor.take()
+        except IndexError:
+            raise StopIteration(self.result) from None
+
+    def __aiter__(self) -> "ReplayStream":
+        return self
+
+    async def __anext__(self) -> Any:
+        delay = self._cursor.wait()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        try:
+            return self._cursor.take()
+        except IndexError:
+            raise StopAsyncIteration from None
 
     def __enter__(self) -> "ReplayStream":
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self.close()
+        self._cursor.close()
 
-    def close(self) -> None:
-        self._chunks.close()
-
-
-class AsyncReplayStream:
-    """``ReplayStream`` for async consumers."""
-
-    def __init__(self, stream: Stream, realtime: bool = False) -> None:
-        self._chunks = replay_async(stream, realtime)
-
-    def __aiter__(self) -> "AsyncReplayStream":
-        return self
-
-    async def __anext__(self) -> Any:
-        return await self._chunks.__anext__()
-
-    async def __aenter__(self) -> "AsyncReplayStream":
+    async def __aenter__(self) -> "ReplayStream":
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
-        await self.close()
+        self._cursor.close()
 
-    async def close(self) -> None:
-        await self._chunks.aclose()
+    def close(self) -> _Closed:
+        """Stop the replay (later iteration ends at once)."""
+        self._cursor.close()
+        return _CLOSED
+
+    async def aclose(self) -> None:
+        self._cursor.close()
+
+
+class AsyncReplayStream(ReplayStream):
+    """What an ``async`` helper that returned a stream gives on a hit (the same replay object)."""
