@@ -21,6 +21,11 @@ from typing import Any
 
 import msgpack
 
+try:
+    import ormsgpack
+except ImportError:  # pragma: no cover - msgpack alone decodes everything
+    ormsgpack = None  # type: ignore[assignment]
+
 
 class UnencodableValue(TypeError):
     """A value of an unsupported type (and pickling not allowed)."""
@@ -275,6 +280,13 @@ def _unpack_pickle(data: "bytes | memoryview") -> Any:
 
 def decode(data: "bytes | memoryview", allow_pickle: bool = False) -> Any:
     """Rebuild a value from ``encode``'s bytes; ``UndecodableValue`` on anything wrong."""
+    if ormsgpack is not None:
+        # The native decoder is ~2x faster on typical responses; it only takes str map keys,
+        # so anything else (and any error) goes the pure msgpack way, which decides.
+        try:
+            return ormsgpack.unpackb(data, ext_hook=_hooks[allow_pickle])
+        except Exception:
+            pass
     try:
         return (_unpack_pickle if allow_pickle else _unpack_safe)(data)
     except UndecodableValue:

@@ -252,21 +252,20 @@ class ArgumentBinder:
         self._positional = [p.name for p in params if p.kind is P.POSITIONAL_OR_KEYWORD]
         self._names = [p.name for p in params]
         self._nameset = frozenset(self._names)
-        self._defaults = [(p.name, p.default) for p in params if p.default is not P.empty]
+        self._default_values = {p.name: p.default for p in params if p.default is not P.empty}
         self._required = frozenset(p.name for p in params if p.default is P.empty)
         self.var_keyword = next((p.name for p in params if p.kind is P.VAR_KEYWORD), None)
 
     def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         """Return ``{parameter: value}``; ``TypeError`` if the call does not fit the signature."""
         if self._simple and len(args) <= len(self._positional):
-            bound = dict(zip(self._positional, args))
-            for name, value in kwargs.items():
-                if name in bound or name not in self._nameset:
-                    return self._slow_bind(args, kwargs)
-                bound[name] = value
-            for name, default in self._defaults:
-                if name not in bound:
-                    bound[name] = default
+            bound = self._default_values.copy()
+            bound.update(zip(self._positional, args))
+            if kwargs:
+                for name in kwargs:
+                    if name not in self._nameset or name in self._positional[: len(args)]:
+                        return self._slow_bind(args, kwargs)
+                bound.update(kwargs)
             if len(bound) == len(self._names):
                 return bound
         return self._slow_bind(args, kwargs)

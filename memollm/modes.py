@@ -24,13 +24,14 @@ class Mode(str, enum.Enum):
     OFFLINE = "offline"  #: serve hits only; a miss raises CacheMiss
     OFF = "off"  #: bypass the cache entirely
 
-    @property
-    def reads(self) -> bool:
-        return self in (Mode.READWRITE, Mode.READONLY, Mode.OFFLINE)
+    reads: bool  #: serves entries from the cache
+    writes: bool  #: records results into the cache
 
-    @property
-    def writes(self) -> bool:
-        return self in (Mode.READWRITE, Mode.REFRESH)
+
+# Plain attributes rather than properties: they are read on every cached call.
+for _mode in Mode:
+    _mode.reads = _mode in (Mode.READWRITE, Mode.READONLY, Mode.OFFLINE)
+    _mode.writes = _mode in (Mode.READWRITE, Mode.REFRESH)
 
 
 VALID_MODES = tuple(m.value for m in Mode)

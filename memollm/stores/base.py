@@ -57,5 +57,11 @@ class Store(abc.ABC):
         """Remove expired entries and leftovers."""
         return PruneReport()
 
+    def note_hit(self, meta: EntryMeta) -> None:  # noqa: B027 - optional hook
+        """Called on every hit (cheaply: it is on the fast path); stores that keep usage record it."""
+
+    def note_miss(self, function: str) -> None:  # noqa: B027 - optional hook
+        """Called on every miss that goes to the provider."""
+
     def close(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Release connections and files."""
