@@ -218,10 +218,10 @@ def _decode_ext(code: int, data: bytes, allow_pickle: bool) -> Any:
             )
             return obj
         if code == EXT_PYDANTIC:
-            validate = getattr(cls, "model_validate", None)
-            if validate is None:
+            base = getattr(sys.modules.get("pydantic"), "BaseModel", None)
+            if base is None or not issubclass(cls, base):
                 raise UndecodableValue(f"{cls!r} is not a pydantic model")
-            obj = validate(fields)
+            obj = cls.model_validate(fields)  # type: ignore[attr-defined]
             set_names = next(unpacker, None)
             if isinstance(set_names, list):
                 object.__setattr__(obj, "__pydantic_fields_set__", set(set_names))

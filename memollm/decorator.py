@@ -210,12 +210,19 @@ class _Engine:
             value = self.lookup(store, key)
             if value is not _MISSING or time.monotonic() >= deadline:
                 return value, _noop
-        acquire_lock = getattr(store, "acquire_lock", None)
-        if acquire_lock is not None:  # a store with its own cross-machine lock (Redis)
-            lock = acquire_lock(key, deadline)
-        else:
-            lock_path = getattr(store, "lock_path", _no_lock_path)(key)
-            lock = flight.lock_file(lock_path, deadline) if lock_path else None
+        try:
+            acquire_lock = getattr(store, "acquire_lock", None)
+            if acquire_lock is not None:  # a store with its own cross-machine lock (Redis)
+                lock = acquire_lock(key, deadline)
+            else:
+                lock_path = getattr(store, "lock_path", _no_lock_path)(key)
+                lock = flight.lock_file(lock_path, deadline) if lock_path else None
+        except Exception as exc:
+            self._no_lock(store, exc)
+            lock = None
+        except BaseException:  # interrupted: the in-process waiters must not wait for us
+            flight.FLIGHTS.land(flight_key, event)
+            raise
         return self._after_lock(store, key, flight_key, event, lock)
 
     async def acquire_async(self, mode: Mode, store: Optional[Store], key: str) -> tuple[Any, Callable[[], None]]:
@@ -232,13 +239,23 @@ class _Engine:
             value = self.lookup(store, key)
             if value is not _MISSING or time.monotonic() >= deadline:
                 return value, _noop
-        acquire_lock_async = getattr(store, "acquire_lock_async", None)
-        if acquire_lock_async is not None:
-            lock = await acquire_lock_async(key, deadline)
-        else:
-            lock_path = getattr(store, "lock_path", _no_lock_path)(key)
-            lock = await flight.lock_file_async(lock_path, deadline) if lock_path else None
+        try:
+            acquire_lock_async = getattr(store, "acquire_lock_async", None)
+            if acquire_lock_async is not None:
+                lock = await acquire_lock_async(key, deadline)
+            else:
+                lock_path = getattr(store, "lock_path", _no_lock_path)(key)
+                lock = await flight.lock_file_async(lock_path, deadline) if lock_path else None
+        except Exception as exc:
+            self._no_lock(store, exc)
+            lock = None
+        except BaseException:  # cancelled (a timeout around the call): the other tasks must not wait for us
+            flight.FLIGHTS.land(flight_key, event)
+            raise
         return self._after_lock(store, key, flight_key, event, lock)
+
+    def _no_lock(self, store: Store, exc: Exception) -> None:
+        warn_once(store.location, "lock", f"memollm: cannot lock entries in {store.location} ({exc}); identical concurrent calls may each reach the provider")
 
     def _after_lock(self, store: Store, key: str, flight_key: str, event: Any, lock: Any) -> tuple[Any, Callable[[], None]]:
         released: list[bool] = []

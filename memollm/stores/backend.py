@@ -69,7 +69,6 @@ class MsgpackStoreBackend(FileSystemStoreBackend):
     def dump_item(self, call_id: tuple[str, ...], item: bytes, verbose: int = 0) -> None:  # type: ignore[override]
         """Write ``item`` atomically; raises ``OSError`` on failure (the caller reports it)."""
         item_dir = os.path.join(self.location, *call_id)
-        make_private_dirs(item_dir)
 
         def write_bytes(data: bytes, dest: str) -> None:
             fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -83,7 +82,14 @@ class MsgpackStoreBackend(FileSystemStoreBackend):
                     pass
                 raise
 
-        self._concurrency_safe_write(item, os.path.join(item_dir, ITEM_FILENAME), write_bytes)
+        for attempt in range(3):  # a concurrent delete may remove the directory under us: make it again
+            make_private_dirs(item_dir)
+            try:
+                self._concurrency_safe_write(item, os.path.join(item_dir, ITEM_FILENAME), write_bytes)
+                return
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise
 
     def load_item(self, call_id: tuple[str, ...], verbose: int = 0, timestamp: Any = None, metadata: Any = None) -> bytes:  # type: ignore[override]
         """Raw bytes of an item; ``FileNotFoundError`` if absent."""
@@ -94,7 +100,18 @@ class MsgpackStoreBackend(FileSystemStoreBackend):
         return os.path.exists(self.item_path(call_id))
 
     def clear_item(self, call_id: tuple[str, ...]) -> None:
-        shutil.rmtree(os.path.join(self.location, *call_id), ignore_errors=True)
+        """Remove the item's file (not the temporary files of writers busy in its directory)."""
+        item_dir = os.path.join(self.location, *call_id)
+        try:
+            os.unlink(os.path.join(item_dir, ITEM_FILENAME))
+        except FileNotFoundError:
+            pass
+        except IsADirectoryError:  # not ours (a damaged cache dir)
+            shutil.rmtree(os.path.join(item_dir, ITEM_FILENAME), ignore_errors=True)
+        try:
+            os.rmdir(item_dir)  # only if empty
+        except OSError:
+            pass
 
     def iter_item_paths(self, function: Optional[str] = None) -> Iterator[str]:
         """Paths of every stored item file (of one function if given)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import sqlite3
@@ -33,6 +34,8 @@ JOBLIB_GITIGNORE = "# Created by joblib automatically.\n*\n"
 RECENT_BYTES_MAX = 32 * 2**20  # bytes of recently read entries kept per cache dir
 RECENT_ITEM_MAX = 2**20
 LEFTOVER_AGE = 600.0  # seconds before a temporary file counts as the leftover of a dead writer
+INDEX_PAUSE = 30.0  # seconds the index is left alone after it stayed locked for a whole busy timeout
+PENDING_MAX = 10_000  # index updates remembered while it is paused or failing
 
 
 class DiskStore(Store):
@@ -46,6 +49,8 @@ class DiskStore(Store):
         self.backend = self.memory.store_backend
         self.index = Index(self.location)
         self._index_checked = -1  # index generation known to be built
+        self._index_paused_until = 0.0
+        self._pending: set[tuple[str, str]] = set()  # (function, key) whose index row may be stale
         self.usage = UsageLog(self.index)
         self.max_size: Optional[int] = None
         self._entries_root = self.backend.location
@@ -76,20 +81,43 @@ class DiskStore(Store):
 
     def _with_index(self, op: Callable[[], T], fallback: Callable[[], T]) -> T:
         """Run an index operation; on a corrupt index rebuild it, on other failures fall back."""
+        if self._index_paused_until > time.monotonic():
+            return fallback()
         for attempt in range(2):
             try:
                 self._ensure_index()
+                if self._pending:
+                    self._replay_pending()
                 return op()
             except sqlite3.DatabaseError as exc:
                 if attempt == 0 and _is_corruption(exc):
                     self._quarantine_index(exc)
                     continue
+                if "locked" in str(exc) or "busy" in str(exc):  # do not make every call wait for it
+                    self._index_paused_until = time.monotonic() + INDEX_PAUSE
                 warn_once(self.location, "index", f"memollm: the cache index {self.index.path} is unusable ({exc}); working without it")
                 return fallback()
             except OSError as exc:
                 warn_once(self.location, "index", f"memollm: the cache index {self.index.path} is unusable ({exc}); working without it")
                 return fallback()
         return fallback()
+
+    def _note_pending(self, function: str, key: str) -> None:
+        if len(self._pending) < PENDING_MAX:
+            self._pending.add((function, key))
+
+    def _replay_pending(self) -> None:
+        """Bring the rows of entries changed while the index was unusable in line with their files."""
+        pending, self._pending = self._pending, set()
+        for function, key in pending:
+            path = self.item_path(function, key)
+            try:
+                with open(path, "rb") as f:
+                    meta, _ = read_meta(f.read())
+            except (OSError, CorruptEntry):
+                self.index.remove_if_absent([(key, path)])
+                continue
+            self.index.put_if_present(meta, functools.partial(_size_of, path))
 
     def _quarantine_index(self, exc: Exception) -> None:
         warn_once(self.location, "index-corrupt", f"memollm: the cache index {self.index.path} was corrupt ({exc}); rebuilding it from the entries")
@@ -166,12 +194,14 @@ class DiskStore(Store):
         self._recent_bytes += len(data)
 
     def set(self, meta: EntryMeta, data: bytes) -> None:
+        if self.max_size is not None and len(data) > self.max_size:
+            return  # it would evict everything else and still not fit
         self.backend.dump_item(call_id(meta.function, meta.key), data)
         meta.size = len(data)
-        self._with_index(lambda: self._index_and_evict(meta), lambda: None)
+        self._with_index(lambda: self._index_and_evict(meta), lambda: self._note_pending(meta.function, meta.key))
 
     def _index_and_evict(self, meta: EntryMeta) -> None:
-        self.index.put(meta)
+        self.index.put_if_present(meta, lambda: _size_of(self.item_path(meta.function, meta.key)))
         if self.max_size is not None and self.index.totals()[0] > self.max_size:
             self.evict(self.max_size, keep=meta.key)
 
@@ -198,7 +228,7 @@ class DiskStore(Store):
                 if total <= max_size:
                     break
                 self.backend.clear_item(call_id(function, key))
-                self.index.remove([key])
+                self.index.remove_if_absent([(key, self.item_path(function, key))])
                 total -= size
                 report.entries += 1
                 report.bytes += size
@@ -214,7 +244,7 @@ class DiskStore(Store):
         cid = call_id(function, key)
         existed = self.backend.contains_item(cid)
         self.backend.clear_item(cid)
-        self._with_index(lambda: self.index.remove([key]), lambda: None)
+        self._with_index(lambda: self.index.remove_if_absent([(key, self.item_path(function, key))]), lambda: self._note_pending(function, key))
         return existed
 
     def clear(self, function: Optional[str] = None) -> int:
@@ -246,7 +276,7 @@ class DiskStore(Store):
                     self.backend.clear_item(call_id(function, key))
                     report.entries += 1
                     report.bytes += size
-                self.index.remove(r[0] for r in rows)
+                self.index.remove_if_absent([(key, self.item_path(function, key)) for key, function, _ in rows])
                 if len(rows) < 1000:
                     return
 
@@ -256,6 +286,7 @@ class DiskStore(Store):
             evicted = self._with_index(lambda: self.evict(int(limit)), PruneReport)
             report.entries += evicted.entries
             report.bytes += evicted.bytes
+        report.entries += self._with_index(self._drop_orphan_rows, lambda: 0)
         for path in self.backend.iter_leftovers(now - LEFTOVER_AGE):
             try:
                 size = os.stat(path).st_size
@@ -266,15 +297,28 @@ class DiskStore(Store):
             report.bytes += size
         return report
 
+    def _drop_orphan_rows(self) -> int:
+        """Remove index rows whose entry file is gone (a process killed between the two steps)."""
+        rows = [(key, self.item_path(function, key)) for key, function in self.index.keys()]
+        orphans = [(key, path) for key, path in rows if not os.path.exists(path)]
+        if orphans:
+            self.index.remove_if_absent(orphans)
+        return len(orphans)
+
     def lock_path(self, key: str) -> str:
-        """The per-key lock file used for single flight across processes (its directory exists, 0700)."""
-        directory = os.path.join(self.location, LOCKS_DIRNAME, key[:2])
-        make_private_dirs(directory)
-        return os.path.join(directory, key + ".lock")
+        """The per-key lock file used for single flight across processes (``flight`` makes its directory)."""
+        return os.path.join(self.location, LOCKS_DIRNAME, key[:2], key + ".lock")
 
     def close(self) -> None:
         self.usage.flush()
         self.index.close()
+
+
+def _size_of(path: str) -> Optional[int]:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return None
 
 
 def _children(root: str) -> list[str]:

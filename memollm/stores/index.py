@@ -11,7 +11,7 @@ import os
 import sqlite3
 import threading
 import time
-from typing import Any, Iterable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 from ..entry import EntryMeta
 
@@ -80,8 +80,8 @@ class Index:
             if self._file_id() == self._local.file_id:
                 return conn
             self.close()
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        os.close(fd)
+        if not os.path.exists(self.path):
+            self._create()
         conn = sqlite3.connect(self.path, timeout=5, isolation_level=None, check_same_thread=False)
         try:
             conn.execute("PRAGMA busy_timeout=5000")
@@ -95,6 +95,34 @@ class Index:
         self._local.conn, self._local.pid, self._local.file_id = conn, os.getpid(), self._file_id()
         self.generation += 1
         return conn
+
+    def _create(self) -> None:
+        """Build a new index in a private file, then link it into place.
+
+        Processes opening a brand-new index at once must never see it half made (SQLite then
+        reports a short read or a malformed file): the first link wins, the others use it.
+        """
+        tmp = f"{self.path}.new-{os.getpid()}-{threading.get_ident()}"
+        os.close(os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600))
+        try:
+            conn = sqlite3.connect(tmp, isolation_level=None)
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.executescript(_SCHEMA)
+            finally:
+                conn.close()
+            try:
+                os.link(tmp, self.path)
+            except FileExistsError:
+                pass  # another process made it first
+            except OSError:  # no hard links here: create it in place, as a last resort
+                os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+        finally:
+            for suffix in ("", "-wal", "-shm"):
+                try:
+                    os.unlink(tmp + suffix)
+                except FileNotFoundError:
+                    pass
 
     def execute(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Cursor:
         return self._connect().execute(sql, tuple(params))
@@ -119,19 +147,35 @@ class Index:
         self.put_many([meta])
 
     def put_many(self, metas: Iterable[EntryMeta]) -> None:
-        rows = [
-            (m.key, m.function, m.created, m.expires, m.size, m.duration, m.tokens, m.kind, 0, m.created)
-            for m in metas
-        ]
+        rows = [_row(m) for m in metas]
         conn = self._connect()
         with _transaction(conn):
-            conn.executemany(
-                f"INSERT INTO entries ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?) "
-                "ON CONFLICT(key) DO UPDATE SET function=excluded.function, created=excluded.created, "
-                "expires=excluded.expires, size=excluded.size, duration=excluded.duration, "
-                "tokens=excluded.tokens, kind=excluded.kind, last_access=excluded.last_access",
-                rows,
-            )
+            conn.executemany(_UPSERT, rows)
+
+    def put_if_present(self, meta: EntryMeta, size_now: Callable[[], Optional[int]]) -> None:
+        """Upsert ``meta`` if its file exists, else drop its row: checked under the write lock.
+
+        Every change of an entry file is followed by one of these (or ``remove_if_absent``), so
+        the last one to commit has seen the final state of the file, whatever the interleaving.
+        """
+        conn = self._connect()
+        with _transaction(conn):
+            size = size_now()
+            if size is None:
+                conn.execute("DELETE FROM entries WHERE key = ?", (meta.key,))
+                return
+            meta.size = size
+            conn.execute(_UPSERT, _row(meta))
+
+    def remove_if_absent(self, keys_and_paths: Iterable[tuple[str, str]]) -> None:
+        """Drop the rows of keys whose entry file is gone (checked under the write lock)."""
+        conn = self._connect()
+        with _transaction(conn):
+            conn.executemany("DELETE FROM entries WHERE key = ?", [(k,) for k, path in keys_and_paths if not os.path.exists(path)])
+
+    def keys(self) -> list[tuple[str, str]]:
+        """Every (key, function) listed."""
+        return [tuple(r) for r in self.execute("SELECT key, function FROM entries")]  # type: ignore[misc]
 
     def remove(self, keys: Iterable[str]) -> None:
         conn = self._connect()
@@ -183,6 +227,18 @@ class Index:
 
     def set_info(self, name: str, value: Any) -> None:
         self.execute("INSERT OR REPLACE INTO info (name, value) VALUES (?, ?)", (name, value))
+
+
+_UPSERT = (
+    f"INSERT INTO entries ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?) "
+    "ON CONFLICT(key) DO UPDATE SET function=excluded.function, created=excluded.created, "
+    "expires=excluded.expires, size=excluded.size, duration=excluded.duration, "
+    "tokens=excluded.tokens, kind=excluded.kind, last_access=excluded.last_access"
+)
+
+
+def _row(m: EntryMeta) -> tuple[Any, ...]:
+    return (m.key, m.function, m.created, m.expires, m.size, m.duration, m.tokens, m.kind, 0, m.created)
 
 
 class _transaction:

@@ -1,0 +1,133 @@
+"""Size bound: ``cache_llm(max_size=...)`` per cache dir, least-recently-used eviction, enforced by prune."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from memollm import CacheMiss, cache_llm, cache_mode
+
+pytestmark = pytest.mark.timeout(60)
+
+VALUE_SIZE = 50_000  # each entry is a little over 50 KB on disk
+
+
+def disk_bytes(cache: Path) -> int:
+    return sum(p.stat().st_size for p in cache.rglob("output.msgpack"))
+
+
+class Sized:
+    """A cached provider of ``VALUE_SIZE``-character answers, counting its calls."""
+
+    def __init__(self, cache: Path, **options: Any) -> None:
+        self.calls: list[str] = []
+
+        def answer(prompt: str) -> str:
+            self.calls.append(prompt)
+            return (prompt + ":").ljust(VALUE_SIZE, "x")
+
+        self.f = cache_llm(cache_dir=cache, **options)(answer)
+
+    def stored(self, prompt: str) -> bool:
+        """Whether ``prompt`` has an entry (a read, in offline mode: it counts as a use)."""
+        try:
+            with cache_mode("offline"):
+                self.f(prompt)
+        except CacheMiss:
+            return False
+        return True
+
+
+def test_total_stays_within_max_size(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    s = Sized(cache, max_size=200_000)
+    for i in range(10):
+        assert s.f(f"k{i}") == f"k{i}:".ljust(VALUE_SIZE, "x")
+        assert disk_bytes(cache) <= 200_000
+    assert s.stored("k9")  # the entry just written is kept
+    assert 3 <= len(list(cache.rglob("output.msgpack"))) <= 4
+    assert s.f.cache_info().bytes <= 200_000
+
+
+def test_least_recently_used_is_evicted_first(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    s = Sized(cache, max_size=200_000)  # room for three entries
+    for i in range(3):
+        s.f(f"k{i}")
+        time.sleep(0.02)
+    assert s.f("k0") and s.calls == ["k0", "k1", "k2"]  # k0 read: now the most recently used
+    time.sleep(0.02)
+    s.f("k3")  # one entry must go: k1 (least recently used), not k0 (first written)
+    assert s.stored("k0")
+    assert not s.stored("k1")
+    assert s.stored("k2") and s.stored("k3")
+
+
+def test_reads_in_other_processes_count_as_use(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    module = tmp_path / "sizedmod.py"
+    module.write_text(
+        "import sys\n"
+        "from memollm import cache_llm\n\n"
+        f"@cache_llm(cache_dir=sys.argv[1], max_size=200_000)\n"
+        "def answer(prompt):\n"
+        f"    return (prompt + ':').ljust({VALUE_SIZE}, 'x')\n"
+    )
+    run = [sys.executable, "-c", "import sys, sizedmod; print(sizedmod.answer.cache_info().hits if [sizedmod.answer(p) for p in sys.argv[2:]] else 0)"]
+
+    def call(*prompts: str) -> int:
+        out = subprocess.run([*run, str(cache), *prompts], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        assert out.returncode == 0, out.stderr
+        return int(out.stdout)
+
+    assert call("k0", "k1", "k2") == 0
+    time.sleep(0.02)
+    assert call("k0") == 1  # read in another process ...
+    time.sleep(0.02)
+    assert call("k3") == 0  # ... so the next write evicts k1
+    assert call("k0") == 1
+    assert call("k2", "k3") == 2
+    assert call("k1") == 0
+
+
+def test_prune_enforces_max_size(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    unbounded = Sized(cache)
+    for i in range(6):
+        unbounded.f(f"k{i}")
+    assert disk_bytes(cache) > 300_000
+    bounded = Sized(cache, max_size=200_000)
+    bounded.f("k5")  # a hit: nothing written, so nothing evicted yet
+    out = subprocess.run([sys.executable, "-m", "memollm", "prune", "--cache-dir", str(cache), "--json"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["entries"] >= 2
+    assert disk_bytes(cache) <= 200_000
+    assert bounded.stored("k5")  # the most recently used survive
+
+
+def test_a_value_larger_than_max_size_is_returned_but_not_kept(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    s = Sized(cache, max_size=40_000)
+    assert s.f("big") == "big:".ljust(VALUE_SIZE, "x")
+    assert disk_bytes(cache) <= 40_000
+
+
+@pytest.mark.parametrize("size", [200_000, "500MB", "1GiB", "200kB", "2 MiB"])
+def test_max_size_forms(size: Any, tmp_path: Path) -> None:
+    s = Sized(tmp_path / "cache", max_size=size)
+    assert s.f("q") == s.f("q")
+    assert s.calls == ["q"]
+
+
+@pytest.mark.parametrize("size", ["lots", -1, 0, "0MB", "-5MB", "12 parsecs", True, [100]])
+def test_bad_max_size_is_rejected_at_decoration(size: Any) -> None:
+    with pytest.raises((TypeError, ValueError)) as raised:
+        cache_llm(max_size=size)
+    assert "max_size" in str(raised.value)
