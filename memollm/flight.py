@@ -105,6 +105,7 @@ class FileLock:
     def __init__(self, path: str) -> None:
         self.path = path
         self._fd: Optional[int] = None
+        self._locked = False
 
     def try_acquire(self) -> bool:
         """True once locked; False while another holds it. ``OSError`` if the file cannot be made."""
@@ -117,15 +118,28 @@ class FileLock:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return False
+        self._locked = True
         with _held_lock:
             _held[self.path] = self
         return True
 
     def release(self) -> None:
+        """Unlock; the holder also removes the file so lock files do not pile up, one per key.
+
+        A process still waiting on the removed file gets its lock next and proceeds: like every
+        lock holder it looks the entry up first, and finds what the leader stored.
+        """
         with _held_lock:
             if _held.get(self.path) is self:
                 del _held[self.path]
         if self._fd is not None:
+            if self._locked:
+                self._locked = False
+                try:
+                    if os.stat(self.path).st_ino == os.fstat(self._fd).st_ino:
+                        os.unlink(self.path)
+                except OSError:
+                    pass
             try:
                 if fcntl is not None:
                     fcntl.flock(self._fd, fcntl.LOCK_UN)
