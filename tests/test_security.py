@@ -86,7 +86,7 @@ def test_cache_dirs_are_0700_and_files_0600(tmp_path: Path) -> None:
     files = all_files(cache)
     names = {p.name for p in files}
     assert {"index.sqlite3", ".gitignore", "output.msgpack"} <= names
-    assert any(name.endswith(".lock") for name in names)
+    assert (cache / "locks").is_dir()  # leaders remove their lock files; the shard dirs stay
     assert (tmp_path / "new").stat().st_mode & 0o777 == 0o700
     for d in dirs:
         assert stat.S_IMODE(d.stat().st_mode) == 0o700, d
@@ -168,6 +168,22 @@ class Evil:
         return (open, (os.environ["MEMOLLM_TEST_MARKER"], "w"))
 
 
+def test_lock_files_are_0600_while_held(tmp_path: Path) -> None:
+    import time
+
+    from memollm import flight
+
+    path = str(tmp_path / "cache" / "locks" / "ab" / ("ab" * 16 + ".lock"))
+    lock = flight.lock_file(path, time.monotonic() + 1)
+    assert lock is not None
+    try:
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+        assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o700
+    finally:
+        lock.release()
+    assert not os.path.exists(path)
+
+
 def test_malicious_pickle_in_every_file_runs_nothing(tmp_path: Path) -> None:
     cache, marker = tmp_path / "cache", tmp_path / "PWNED"
     os.environ["MEMOLLM_TEST_MARKER"] = str(marker)
@@ -177,7 +193,7 @@ def test_malicious_pickle_in_every_file_runs_nothing(tmp_path: Path) -> None:
         del os.environ["MEMOLLM_TEST_MARKER"]
     assert read_all(cache)["calls"] == 2
     files = all_files(cache)
-    assert len(files) >= 5
+    assert len(files) >= 4  # two entries, the index, .gitignore
     for path in files:
         path.write_bytes(payload)
     for env in ({}, {"MEMOLLM_SECRET": "s3cret"}):
