@@ -341,23 +341,15 @@ class KeyMaker:
         self.ignore = ignore
         self.prefix = msgpack.Packer().pack_array_header(2 + len(identity)) + b"".join(_pack(x) for x in [KEY_FORMAT, *identity])
         names = list(signature.parameters)
-        self._needs_filter = self.binder.var_keyword is not None or any(
+        self._filtered = not self.binder._simple or any(
             n in ignore or is_secret_name(n) or n.lower() in HEADER_PARAMETER_NAMES for n in names
         )
 
     def arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
         """The packed, secret-free argument map of a call (``TypeError`` if it does not fit)."""
         bound = self.binder.bind(args, kwargs)
-        if self._needs_filter or not self.binder._simple:
-            tree: dict[str, Any] = {}
-            for name, value in bound.items():
-                plain = name[2:] if name.startswith("**") else name
-                if plain in self.ignore or is_secret_name(plain):
-                    continue
-                if plain.lower() in HEADER_PARAMETER_NAMES:
-                    value = _strip_secret_headers(value)
-                tree[name] = value
-            bound = tree
+        if self._filtered:
+            bound = self._filter(bound)
         if ormsgpack is not None:
             try:
                 return ormsgpack.packb(bound, default=_refuse, option=_FAST_OPTIONS)
@@ -365,9 +357,35 @@ class KeyMaker:
                 pass
         return _pack(arguments_tree(bound, frozenset()))
 
+    def _filter(self, bound: dict[str, Any]) -> dict[str, Any]:
+        tree: dict[str, Any] = {}
+        for name, value in bound.items():
+            plain = name[2:] if name.startswith("**") else name
+            if plain in self.ignore or is_secret_name(plain):
+                continue
+            if plain.lower() in HEADER_PARAMETER_NAMES:
+                value = _strip_secret_headers(value)
+            tree[name] = value
+        return tree
+
     def key(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
         """The 32-hex key of a call."""
-        return xxhash.xxh3_128_hexdigest(self.prefix + self.arguments(args, kwargs))
+        binder = self.binder
+        # The common shapes, bound without a copy: all keywords, or all positional.
+        if not args and binder._simple and kwargs.keys() == binder._nameset:
+            bound = kwargs
+        elif not kwargs and binder._simple and len(args) == len(binder._names) == len(binder._positional):
+            bound = dict(zip(binder._positional, args))
+        else:
+            return xxhash.xxh3_128_hexdigest(self.prefix + self.arguments(args, kwargs))
+        if self._filtered:
+            bound = self._filter(bound)
+        if ormsgpack is not None:
+            try:
+                return xxhash.xxh3_128_hexdigest(self.prefix + ormsgpack.packb(bound, default=_refuse, option=_FAST_OPTIONS))
+            except Exception:
+                pass
+        return xxhash.xxh3_128_hexdigest(self.prefix + _pack(arguments_tree(bound, frozenset())))
 
     def key_of(self, value: Any) -> str:
         """The key when ``key=`` chose what to key on."""
