@@ -12,7 +12,7 @@ from typing import Any, Callable, Optional, TypeVar, Union, overload
 import wrapt
 
 from . import flight, keys, observe, streams
-from .codec import UndecodableValue, UnencodableValue
+from .codec import UndecodableValue, UnencodableValue, decode
 from .config import TTL, cache_dir_for, disk_store, parse_size, parse_ttl, secret_bytes
 from .entry import KIND_STREAM, KIND_VALUE, CorruptEntry, EntryMeta, Stream, decode_body, encode_value, pack_entry, read_meta
 from .errors import CacheMiss, UncacheableValueWarning
@@ -133,9 +133,9 @@ class _Engine:
                 if len(self._parsed) >= _PARSED_CACHE_SIZE:
                     self._parsed.clear()
                 self._parsed[key] = (data, meta, body)
-            if meta.key != key or self.expired(meta):
+            if meta.key != key or ((meta.expires is not None or self.ttl is not None) and self.expired(meta)):
                 return _MISSING
-            value = decode_body(meta, body, self.allow_pickle)
+            value = decode(body, self.allow_pickle) if meta.kind == KIND_VALUE else decode_body(meta, body, self.allow_pickle)
         except (CorruptEntry, UndecodableValue) as exc:
             warn_once(store.location, "corrupt", f"memollm: unreadable cache entry {key} in {store.location} ({exc}); recomputing it")
             return _MISSING
