@@ -530,6 +530,10 @@ class CachedFunction(_CacheMethods, wrapt.FunctionWrapper):  # type: ignore[misc
 
     __bound_function_wrapper__ = _BoundCachedFunction
 
+    def _bound_instance(self) -> Any:
+        wrapped = self.__wrapped__
+        return wrapped.__self__ if inspect.ismethod(wrapped) else None
+
     def __init__(self, wrapped: Any, engine: _Engine) -> None:
         call = {
             "async": engine.call_async,
@@ -693,7 +697,8 @@ def cache_llm(
     )
 
     def decorate(f: Callable[..., Any]) -> Any:
-        target = f.__func__ if isinstance(f, (classmethod, staticmethod)) else f
+        # Bound methods too: wrapt passes their ``__self__`` as the instance, keyed like ``self``.
+        target = f.__func__ if isinstance(f, (classmethod, staticmethod)) or inspect.ismethod(f) else f
         if not callable(target):
             raise TypeError(f"cache_llm can only decorate functions and methods, not {type(f).__name__}")
         return CachedFunction(f, _Engine(target, **options))  # type: ignore[arg-type]
