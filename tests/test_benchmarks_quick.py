@@ -1,0 +1,35 @@
+"""The benchmark suite runs in quick mode and writes its results (no timing assertions).
+
+Marked ``bench``: deselect with ``-m "not bench"``; it runs by default.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SECTIONS = {"hit", "key", "miss", "scale", "streams", "savings"}
+
+pytestmark = pytest.mark.bench
+
+
+def test_quick_benchmarks_run_and_write_results(tmp_path):
+    out = tmp_path / "results"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "run.py"), "--quick", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["meta"]["quick"] is True
+    assert SECTIONS <= set(results["sections"])
+    for section in results["sections"].values():
+        assert {"ratios", "targets", "met"} <= set(section)
