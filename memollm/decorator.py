@@ -62,7 +62,7 @@ class _Engine:
         self.max_stream_size = max_stream_size
         self.max_size = max_size
         self.counters = Counters()
-        self._parsed: dict[str, tuple[bytes, EntryMeta, memoryview]] = {}
+        self._parsed: dict[str, tuple[bytes, EntryMeta, memoryview, bool]] = {}
         self.signature = inspect.signature(func)
         self.ignore = ignore
         _check_ignore(func, self.signature, ignore)
@@ -102,6 +102,14 @@ class _Engine:
             return None
         return self.keys.key_of(self.key_fn(*full, **kwargs))  # errors raised by key= are the user's
 
+    def _fits(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+        """Whether the function accepts these arguments (checked off the hot path)."""
+        try:
+            self.signature.bind(*args, **kwargs)
+        except TypeError:
+            return False
+        return True
+
     # -- store ----------------------------------------------------------------------------
 
     def store(self) -> Optional[Store]:
@@ -126,16 +134,12 @@ class _Engine:
             return _MISSING
         try:
             parsed = self._parsed.get(key)
-            if parsed is not None and parsed[0] is data:  # the store handed back the very bytes we verified
-                meta, body = parsed[1], parsed[2]
-            else:
-                meta, body = read_meta(data, self.secret)
-                if len(self._parsed) >= _PARSED_CACHE_SIZE:
-                    self._parsed.clear()
-                self._parsed[key] = (data, meta, body)
-            if meta.key != key or ((meta.expires is not None or self.ttl is not None) and self.expired(meta)):
+            if parsed is None or parsed[0] is not data:  # else: the very bytes verified before
+                parsed = self._verify(key, data)
+            meta = parsed[1]
+            if (meta.expires is not None or self.ttl is not None) and self.expired(meta):
                 return _MISSING
-            value = decode(body, self.allow_pickle) if meta.kind == KIND_VALUE else decode_body(meta, body, self.allow_pickle)
+            value = decode(parsed[2], self.allow_pickle) if parsed[3] else decode_body(meta, parsed[2], self.allow_pickle)
         except (CorruptEntry, UndecodableValue) as exc:
             warn_once(store.location, "corrupt", f"memollm: unreadable cache entry {key} in {store.location} ({exc}); recomputing it")
             return _MISSING
@@ -146,6 +150,16 @@ class _Engine:
         if observe.read_observers:
             observe.notify_read(store, meta)
         return value
+
+    def _verify(self, key: str, data: bytes) -> tuple[bytes, EntryMeta, memoryview, bool]:
+        """Check an entry's integrity (and signature) once; remembered by the identity of its bytes."""
+        meta, body = read_meta(data, self.secret)
+        if meta.key != key:
+            raise CorruptEntry(f"entry holds key {meta.key}, not {key}")
+        if len(self._parsed) >= _PARSED_CACHE_SIZE:
+            self._parsed.clear()
+        parsed = self._parsed[key] = (data, meta, body, meta.kind == KIND_VALUE)
+        return parsed
 
     def expired(self, meta: EntryMeta) -> bool:
         """Past the expiry written with the entry, or past a since-shortened ``ttl``."""
@@ -301,6 +315,8 @@ class _Engine:
         if store is not None and mode.reads:
             value = self.lookup(store, key)
         if value is _MISSING and mode is _OFFLINE:
+            if not self._fits(args if instance is None else (instance, *args), kwargs):
+                return None  # a call the function rejects: let it raise its own TypeError
             self.note_miss(store, key)
             raise self.miss_error(store, key)
         return mode, store, key, value
@@ -355,7 +371,7 @@ class _Engine:
         if value is _MISSING:
             value, release = self.acquire(mode, store, key)
         if value is not _MISSING:
-            return self.deliver(value, False)
+            return value if type(value) is not Stream else self.deliver(value, False)
         try:
             self.note_miss(store, key)
             start = time.perf_counter()

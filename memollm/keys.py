@@ -371,8 +371,10 @@ class KeyMaker:
     def key(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
         """The 32-hex key of a call."""
         binder = self.binder
-        # The common shapes, bound without a copy: all keywords, or all positional.
-        if not args and binder._simple and kwargs.keys() == binder._nameset:
+        # The common shapes, bound without a copy: all keywords, or all positional. (With every
+        # keyword given, counting suffices: a misspelt name makes the function itself raise, so
+        # nothing is ever stored under such a key.)
+        if not args and binder._simple and len(kwargs) == len(binder._names):
             bound = kwargs
         elif not kwargs and binder._simple and len(args) == len(binder._names) == len(binder._positional):
             bound = dict(zip(binder._positional, args))

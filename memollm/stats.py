@@ -21,7 +21,7 @@ class CacheInfo:
 
 
 class Counters:
-    """Thread-safe hit/miss counters of one decorated function."""
+    """Hit/miss counters of one decorated function (this process)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -34,10 +34,12 @@ class Counters:
         self.tokens_saved = 0
 
     def hit(self, duration: float, tokens: int) -> None:
-        with self._lock:
-            self.hits += 1
-            self.seconds_saved += duration
-            self.tokens_saved += tokens
+        # On the hit path, without the lock: an attribute ``+=`` is not interrupted by a thread
+        # switch in CPython 3.11+ (no eval-breaker check in between); at worst, on older or
+        # free-threaded builds, a concurrent hit goes uncounted. Nothing else depends on it.
+        self.hits += 1
+        self.seconds_saved += duration
+        self.tokens_saved += tokens
 
     def miss(self) -> None:
         with self._lock:

@@ -165,3 +165,13 @@ def test_offline_streams_raise_at_iteration(tmp_path):
         stream = tokens("a b")
         with pytest.raises(CacheMiss):
             next(stream)
+
+
+def test_offline_call_with_a_wrong_argument_raises_the_functions_type_error(tmp_path):
+    @cache_llm(cache_dir=tmp_path)
+    def complete(prompt, model="m"):
+        return prompt
+
+    with cache_mode("offline"):
+        with pytest.raises(TypeError, match="unexpected keyword"):
+            complete(prompt="a", modle="typo")
