@@ -356,6 +356,18 @@ class _Engine:
             return streams.AsyncRecordingStream(result, recorder, finish)
         return streams.RecordingStream(result, recorder, finish)
 
+    def settle(self, result: Any, duration: float, mode: Mode, store: Optional[Store], key: str, release: Callable[[], None]) -> tuple[Any, Callable[[], None]]:
+        """What the caller gets for a provider's result, and what is left to release.
+
+        A returned stream becomes a recording proxy that ends the flight when the stream ends;
+        a value is stored now.
+        """
+        if _is_stream(result) or _is_async_stream(result):
+            return self.recording(result, self.finisher(mode, store, key, release)), _noop
+        if store is not None and mode.writes:
+            self.save(store, key, result, duration)
+        return result, release
+
     def deliver(self, value: Any, is_async: bool) -> Any:
         """A hit's value; a recorded stream becomes a replay object."""
         if isinstance(value, Stream):
@@ -376,13 +388,7 @@ class _Engine:
             self.note_miss(store, key)
             start = time.perf_counter()
             result = wrapped(*args, **kwargs)
-            duration = time.perf_counter() - start
-            if _is_stream(result) or _is_async_stream(result):
-                stream = self.recording(result, self.finisher(mode, store, key, release))
-                release = _noop
-                return stream
-            if store is not None and mode.writes:
-                self.save(store, key, result, duration)
+            result, release = self.settle(result, time.perf_counter() - start, mode, store, key, release)
             return result
         finally:
             release()
@@ -401,13 +407,7 @@ class _Engine:
             self.note_miss(store, key)
             start = time.perf_counter()
             result = await wrapped(*args, **kwargs)
-            duration = time.perf_counter() - start
-            if _is_async_stream(result) or _is_stream(result):
-                stream = self.recording(result, self.finisher(mode, store, key, release))
-                release = _noop
-                return stream
-            if store is not None and mode.writes:
-                self.save(store, key, result, duration)
+            result, release = self.settle(result, time.perf_counter() - start, mode, store, key, release)
             return result
         finally:
             release()
