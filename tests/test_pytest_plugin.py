@@ -343,6 +343,9 @@ def test_calls():
     assert calls(pytester) == ["one", "two"]
 
     clone = tmp_path / "elsewhere" / "cassettes"
+    from memollm.stores import usage
+
+    usage._flush_all()  # the inner run was in this process: write its usage now, not during rmtree
     shutil.copytree(cache_dir, clone)
     shutil.rmtree(cache_dir)
     monkeypatch.setenv("MEMOLLM_CACHE_DIR", str(clone))

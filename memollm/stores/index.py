@@ -73,7 +73,9 @@ class Index:
             return None
         return (st.st_dev, st.st_ino)
 
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self, create: bool = True) -> sqlite3.Connection:
+        """This thread's connection; ``create=False`` raises ``FileNotFoundError`` for a missing index
+        (background bookkeeping must not resurrect a cache dir someone deleted)."""
         conn: Optional[sqlite3.Connection] = getattr(self._local, "conn", None)
         if conn is not None and self._local.pid == os.getpid():
             # One stat per operation notices an index deleted or replaced under us.
@@ -81,6 +83,8 @@ class Index:
                 return conn
             self.close()
         if not os.path.exists(self.path):
+            if not create:
+                raise FileNotFoundError(self.path)
             self._create()
         conn = sqlite3.connect(self.path, timeout=5, isolation_level=None, check_same_thread=False)
         try:

@@ -58,7 +58,7 @@ class UsageLog:
         if not entry_hits and not functions:
             return
         try:
-            conn = self.index._connect()
+            conn = self.index._connect(create=False)
             with _transaction(conn):
                 conn.executemany(
                     "UPDATE entries SET hits = hits + ?, last_access = MAX(last_access, ?) WHERE key = ?",
