@@ -64,7 +64,6 @@ class _Engine:
         self.counters = Counters()
         self._parsed: dict[str, tuple[bytes, EntryMeta, memoryview, bool]] = {}
         self.signature = inspect.signature(func)
-        self.ignore = ignore
         _check_ignore(func, self.signature, ignore)
         identity = [
             func.__module__,
@@ -91,16 +90,17 @@ class _Engine:
         Then the function is called uncached and raises its own ``TypeError``. Arguments that
         fit but cannot be keyed raise ``keys.Unkeyable`` (a ``TypeError`` that says how to fix it).
         """
-        full = args if instance is None else (instance, *args)
+        full = self.full_args(instance, args)
+        if self.key_fn is not None:
+            if not self._fits(full, kwargs):
+                return None
+            return self.keys.key_of(self.key_fn(*full, **kwargs))  # errors raised by key= are the user's
         try:
-            if self.key_fn is None:
-                return self.keys.key(full, kwargs)
-            self.signature.bind(*full, **kwargs)
+            return self.keys.key(full, kwargs)
         except keys.Unkeyable:
             raise
         except TypeError:
             return None
-        return self.keys.key_of(self.key_fn(*full, **kwargs))  # errors raised by key= are the user's
 
     def _fits(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
         """Whether the function accepts these arguments (checked off the hot path)."""
@@ -315,7 +315,7 @@ class _Engine:
         if store is not None and mode.reads:
             value = self.lookup(store, key)
         if value is _MISSING and mode is _OFFLINE:
-            if not self._fits(args if instance is None else (instance, *args), kwargs):
+            if not self._fits(self.full_args(instance, args), kwargs):
                 return None  # a call the function rejects: let it raise its own TypeError
             self.note_miss(store, key)
             raise self.miss_error(store, key)

@@ -253,7 +253,6 @@ class ArgumentBinder:
         self._names = [p.name for p in params]
         self._nameset = frozenset(self._names)
         self._default_values = {p.name: p.default for p in params if p.default is not P.empty}
-        self._required = frozenset(p.name for p in params if p.default is P.empty)
         self.var_keyword = next((p.name for p in params if p.kind is P.VAR_KEYWORD), None)
 
     def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
