@@ -6,6 +6,7 @@ import inspect
 import io
 import os
 import time
+import types
 from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any, Callable, Optional, TypeVar, Union, overload
 
@@ -25,6 +26,7 @@ from .stores.memory import SHARED_MEMORY_STORE
 F = TypeVar("F", bound=Callable[..., Any])
 _MISSING = object()
 _OFF, _OFFLINE, _READWRITE = Mode.OFF, Mode.OFFLINE, Mode.READWRITE  # enum member access costs ~0.1 us
+_PLAIN = object()  # the "instance" wrapt passes for a plain function (see CachedFunction.__init__)
 _PARSED_CACHE_SIZE = 256  # verified entries remembered per function, by the identity of their bytes
 _STORE_METHODS = ("get", "set", "delete", "clear", "entries")
 
@@ -143,7 +145,10 @@ class _Engine:
         except (CorruptEntry, UndecodableValue) as exc:
             warn_once(store.location, "corrupt", f"memollm: unreadable cache entry {key} in {store.location} ({exc}); recomputing it")
             return _MISSING
-        self.counters.hit(meta.duration, meta.tokens)
+        counters = self.counters  # lock-free, inlined: see Counters
+        counters.hits += 1
+        counters.seconds_saved += meta.duration
+        counters.tokens_saved += meta.tokens
         note_hit = getattr(store, "note_hit", None)
         if note_hit is not None:
             note_hit(meta)
@@ -298,7 +303,9 @@ class _Engine:
         mode = current_mode(self.mode)
         if mode is _OFF:
             return None
-        if self.key_fn is None and instance is None:  # the common case, without call_key's frame
+        if instance is _PLAIN:
+            instance = None
+        if instance is None and self.key_fn is None:  # the common case, without call_key's frame
             try:
                 key = self.keys.key(args, kwargs)
             except keys.Unkeyable:
@@ -556,7 +563,13 @@ class CachedFunction(_CacheMethods, wrapt.FunctionWrapper):  # type: ignore[misc
             "generator": engine.call_generator,
             "async_generator": engine.call_async_generator,
         }.get(_call_kind(engine.func), engine.call_sync)
-        super().__init__(wrapped, call)
+        if type(wrapped) is types.FunctionType:
+            # With no instance, wrapt looks for ``wrapped.__self__`` on every call: a failed
+            # getattr costing more than a cache hit's lookup. A plain function has none; saying
+            # so up front skips it. Binding to a class still goes through wrapt's ``__get__``.
+            super(wrapt.FunctionWrapper, self).__init__(wrapped, _PLAIN, call, None, "function")  # type: ignore[call-arg]
+        else:
+            super().__init__(wrapped, call)
         self._self_engine = engine
 
 

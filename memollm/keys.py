@@ -314,6 +314,9 @@ if ormsgpack is not None:
     )
 
 
+_hexdigest = xxhash.xxh3_128_hexdigest
+
+
 def _refuse(value: Any) -> Any:
     raise TypeError("needs normalization")
 
@@ -343,6 +346,11 @@ class KeyMaker:
         self._filtered = not self.binder._simple or any(
             n in ignore or is_secret_name(n) or n.lower() in HEADER_PARAMETER_NAMES for n in names
         )
+        # The common call shapes, bound without a copy: every parameter by keyword, or every
+        # parameter by position (-1: the signature has no such shape).
+        simple = self.binder._simple
+        self._all_keywords = len(names) if simple else -1
+        self._all_positional = len(names) if simple and len(self.binder._positional) == len(names) else -1
 
     def arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
         """The packed, secret-free argument map of a call (``TypeError`` if it does not fit)."""
@@ -369,24 +377,22 @@ class KeyMaker:
 
     def key(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
         """The 32-hex key of a call."""
-        binder = self.binder
-        # The common shapes, bound without a copy: all keywords, or all positional. (With every
-        # keyword given, counting suffices: a misspelt name makes the function itself raise, so
-        # nothing is ever stored under such a key.)
-        if not args and binder._simple and len(kwargs) == len(binder._names):
+        # With every keyword given, counting suffices: a misspelt name makes the function itself
+        # raise, so nothing is ever stored under such a key.
+        if not args and len(kwargs) == self._all_keywords:
             bound = kwargs
-        elif not kwargs and binder._simple and len(args) == len(binder._names) == len(binder._positional):
-            bound = dict(zip(binder._positional, args))
+        elif not kwargs and len(args) == self._all_positional:
+            bound = dict(zip(self.binder._positional, args))
         else:
-            return xxhash.xxh3_128_hexdigest(self.prefix + self.arguments(args, kwargs))
+            return _hexdigest(self.prefix + self.arguments(args, kwargs))
         if self._filtered:
             bound = self._filter(bound)
         if ormsgpack is not None:
             try:
-                return xxhash.xxh3_128_hexdigest(self.prefix + ormsgpack.packb(bound, default=_refuse, option=_FAST_OPTIONS))
+                return _hexdigest(self.prefix + ormsgpack.packb(bound, default=_refuse, option=_FAST_OPTIONS))
             except Exception:
                 pass
-        return xxhash.xxh3_128_hexdigest(self.prefix + _pack(arguments_tree(bound, frozenset())))
+        return _hexdigest(self.prefix + _pack(arguments_tree(bound, frozenset())))
 
     def key_of(self, value: Any) -> str:
         """The key when ``key=`` chose what to key on."""

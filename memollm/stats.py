@@ -21,7 +21,13 @@ class CacheInfo:
 
 
 class Counters:
-    """Hit/miss counters of one decorated function (this process)."""
+    """Hit/miss counters of one decorated function (this process).
+
+    Hits are counted on the hit path without the lock (``_Engine.lookup``): an attribute ``+=``
+    is not interrupted by a thread switch in CPython 3.11+ (no eval-breaker check in between);
+    at worst, on older or free-threaded builds, a concurrent hit goes uncounted. Nothing else
+    depends on these numbers.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -32,14 +38,6 @@ class Counters:
         self.misses = 0
         self.seconds_saved = 0.0
         self.tokens_saved = 0
-
-    def hit(self, duration: float, tokens: int) -> None:
-        # On the hit path, without the lock: an attribute ``+=`` is not interrupted by a thread
-        # switch in CPython 3.11+ (no eval-breaker check in between); at worst, on older or
-        # free-threaded builds, a concurrent hit goes uncounted. Nothing else depends on it.
-        self.hits += 1
-        self.seconds_saved += duration
-        self.tokens_saved += tokens
 
     def miss(self) -> None:
         with self._lock:

@@ -44,3 +44,53 @@ def test_a_bound_method_of_an_unkeyable_instance_says_how_to_fix_it(tmp_path):
     ignored = cache_llm(cache_dir=tmp_path, ignore=("self",))(Plain().complete)
     assert ignored("hi") == ignored("hi") == "hi"
     assert ignored.cache_info().hits == 1
+
+
+# A plain function's wrapper skips wrapt's per-call ``__self__`` probe; binding it to a class
+# later must still behave exactly like a method, and ``key=`` must see the real arguments.
+
+
+def test_a_cached_plain_function_attached_to_a_class_later_binds_like_a_method(tmp_path):
+    calls = []
+
+    def complete(self, prompt):
+        calls.append(prompt)
+        return f"{self.model}: {prompt}"
+
+    cached = cache_llm(cache_dir=tmp_path)(complete)
+
+    class Later:
+        method = cached
+        static = staticmethod(cache_llm(cache_dir=tmp_path)(lambda prompt: f"static: {prompt}"))
+
+        def __init__(self, model):
+            self.model = model
+
+        def __cache_key__(self):
+            return self.model
+
+    small, large = Later("small"), Later("large")
+    assert small.method("hi") == small.method("hi") == "small: hi"
+    assert large.method("hi") == "large: hi"
+    assert Later.method(small, "hi") == "small: hi"  # unbound, through the class
+    assert calls == ["hi", "hi"]
+    assert small.method.cache_key("hi") == Later.method.cache_key(small, "hi") != large.method.cache_key("hi")
+    assert Later.static("x") == small.static("x") == "static: x"
+    assert cached(small, "hi") == "small: hi" and calls == ["hi", "hi"]  # called directly, same key
+
+
+def test_key_callable_of_a_plain_function_sees_exactly_the_call_arguments(tmp_path):
+    seen = []
+
+    def key(*args, **kwargs):
+        seen.append((args, kwargs))
+        return [args, kwargs]
+
+    @cache_llm(cache_dir=tmp_path, key=key)
+    def complete(prompt, model="m"):
+        return prompt + model
+
+    assert complete("a", model="x") == complete("a", model="x") == "ax"
+    assert seen[0] == (("a",), {"model": "x"})
+    assert complete.cache_key("a", model="x") == complete.cache_key("a", model="x")
+    assert seen[-1] == (("a",), {"model": "x"})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 from ..entry import EntryMeta
 
@@ -57,11 +57,12 @@ class Store(abc.ABC):
         """Remove expired entries and leftovers."""
         return PruneReport()
 
-    def note_hit(self, meta: EntryMeta) -> None:  # noqa: B027 - optional hook
-        """Called on every hit (cheaply: it is on the fast path); stores that keep usage record it."""
-
-    def note_miss(self, function: str) -> None:  # noqa: B027 - optional hook
-        """Called on every miss that goes to the provider."""
+    #: Optional hooks, ``None`` when a store has no use for them (callers check, so a hit
+    #: does not pay for a no-op call). Stores that keep usage define them as methods:
+    #: ``note_hit(meta)`` on every hit (it is on the fast path: keep it cheap) and
+    #: ``note_miss(function)`` on every miss that goes to the provider.
+    note_hit: Optional[Callable[[EntryMeta], None]] = None
+    note_miss: Optional[Callable[[str], None]] = None
 
     def close(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Release connections and files."""
