@@ -465,8 +465,13 @@ class _Engine:
                     recorder = streams.Recorder(self.max_stream_size, self.allow_pickle)
                     chunks = streams.record_async(source, recorder, finish)
             try:
-                async for chunk in chunks:
-                    yield chunk
+                sent = None  # values sent with asend() go on to the helper (record_async)
+                while True:
+                    try:
+                        chunk = await (chunks.__anext__() if sent is None else chunks.asend(sent))
+                    except StopAsyncIteration:
+                        break
+                    sent = yield chunk
             finally:
                 await chunks.aclose()
 

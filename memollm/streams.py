@@ -56,6 +56,11 @@ class Recorder:
             self.buffer += data
             self.count += 1
 
+    def give_up(self, problem: str) -> None:
+        """Stop recording: the stream passes through and is not stored (``problem`` says why)."""
+        if self.problem is None:
+            self._give_up(problem)
+
     def _give_up(self, problem: str) -> None:
         self.problem = problem
         self.buffer = bytearray()
@@ -94,18 +99,28 @@ Finish = Callable[[Optional[Recorder], Any], None]
 """Called once per stream: ``(recorder, return value)`` if it completed, ``(None, None)`` if not."""
 
 
-def record(source: Any, recorder: Recorder, finish: Finish) -> Generator[Any, None, Any]:
-    """Yield ``source``'s chunks while recording; returns its return value."""
+_SENT = "values were sent into it with send()/asend(), and a replay could not take them into account"
+
+
+def record(source: Any, recorder: Recorder, finish: Finish) -> Generator[Any, Any, Any]:
+    """Yield ``source``'s chunks while recording; returns its return value.
+
+    Values sent in with ``send()`` reach ``source``; such a stream is not stored (its chunks
+    may depend on them).
+    """
     iterator = iter(source)
+    sent = None
     try:
         while True:
             try:
-                chunk = next(iterator)
+                chunk = next(iterator) if sent is None else iterator.send(sent)
             except StopIteration as stop:
                 result = stop.value
                 break
             recorder.add(chunk)
-            yield chunk
+            sent = yield chunk
+            if sent is not None:
+                recorder.give_up(_SENT)
     except BaseException:
         finish(None, None)
         _close(iterator)
@@ -114,17 +129,20 @@ def record(source: Any, recorder: Recorder, finish: Finish) -> Generator[Any, No
     return result
 
 
-async def record_async(source: Any, recorder: Recorder, finish: Finish) -> AsyncGenerator[Any, None]:
-    """``record`` for async iterators."""
+async def record_async(source: Any, recorder: Recorder, finish: Finish) -> AsyncGenerator[Any, Any]:
+    """``record`` for async iterators (values sent with ``asend()`` reach ``source`` alike)."""
     iterator = source.__aiter__()
+    sent = None
     try:
         while True:
             try:
-                chunk = await iterator.__anext__()
+                chunk = await (iterator.__anext__() if sent is None else iterator.asend(sent))
             except StopAsyncIteration:
                 break
             recorder.add(chunk)
-            yield chunk
+            sent = yield chunk
+            if sent is not None:
+                recorder.give_up(_SENT)
     except BaseException:
         finish(None, None)
         await _aclose(iterator)
@@ -144,7 +162,7 @@ def replay(stream: Stream, realtime: bool) -> Generator[Any, None, Any]:
     return stream.result
 
 
-async def replay_async(stream: Stream, realtime: bool) -> AsyncGenerator[Any, None]:
+async def replay_async(stream: Stream, realtime: bool) -> AsyncGenerator[Any, Any]:
     """``replay`` for async consumers."""
     start = time.perf_counter()
     for i, chunk in enumerate(stream.chunks):

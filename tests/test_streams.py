@@ -1107,3 +1107,55 @@ async def test_interleaved_identical_async_generators_in_one_task_do_not_deadloc
         return [(await first.__anext__(), await second.__anext__()) for _ in CHUNKS]
 
     assert await asyncio.wait_for(interleave(), 2) == list(zip(CHUNKS, CHUNKS))
+
+
+# -- values sent into a cached generator ----------------------------------------------------
+
+
+def test_values_sent_into_a_generator_reach_the_helper_and_that_stream_is_not_stored(tmp_path):
+    calls = []
+
+    @cache_llm(cache_dir=tmp_path)
+    def conversation(prompt):
+        calls.append(prompt)
+        reply = yield f"{prompt}?"
+        yield f"you said {reply}"
+        return "done"
+
+    live = conversation("hi")
+    assert next(live) == "hi?"
+    with pytest.warns(UncacheableValueWarning, match="send"):
+        assert live.send("yes") == "you said yes"
+        with pytest.raises(StopIteration) as stop:
+            next(live)
+    assert stop.value.value == "done"
+    assert conversation.cache_info().entries == 0
+
+    assert list(conversation("hi")) == ["hi?", "you said None"]  # plain iteration is stored
+    assert list(conversation("hi")) == ["hi?", "you said None"]
+    assert calls == ["hi", "hi"]
+
+
+@pytest.mark.asyncio
+async def test_values_sent_into_an_async_generator_reach_the_helper_and_that_stream_is_not_stored(tmp_path):
+    calls = []
+
+    @cache_llm(cache_dir=tmp_path)
+    async def conversation(prompt):
+        calls.append(prompt)
+        reply = yield f"{prompt}?"
+        yield f"you said {reply}"
+
+    live = conversation("hi")
+    assert await live.__anext__() == "hi?"
+    with pytest.warns(UncacheableValueWarning, match="send"):
+        assert await live.asend("yes") == "you said yes"
+        with pytest.raises(StopAsyncIteration):
+            await live.__anext__()
+    assert conversation.cache_info().entries == 0
+
+    async def collect():
+        return [chunk async for chunk in conversation("hi")]
+
+    assert await collect() == await collect() == ["hi?", "you said None"]
+    assert calls == ["hi", "hi"]
