@@ -443,39 +443,27 @@ class _Engine:
         return run()
 
     def call_async_generator(self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        async def run() -> Any:
+        async def chunks() -> Any:
             plan = self.prepare(instance, args, kwargs)
             if plan is None:
-                chunks = streams.record_async(wrapped(*args, **kwargs), streams.Recorder(0, False), _ignore_finish)
-            else:
-                mode, store, key, value = plan
-                release = _noop
-                if value is _MISSING:
-                    value, release = await self.acquire_async(mode, store, key)
-                if isinstance(value, Stream):
-                    chunks = streams.replay_async(value, self.realtime)
-                else:
-                    finish = self.finisher(mode, store, key, release)
-                    try:
-                        self.note_miss(store, key)
-                        source = wrapped(*args, **kwargs)
-                    except BaseException:
-                        finish(None, None)
-                        raise
-                    recorder = streams.Recorder(self.max_stream_size, self.allow_pickle)
-                    chunks = streams.record_async(source, recorder, finish)
+                return streams.record_async(wrapped(*args, **kwargs), streams.Recorder(0, False), _ignore_finish)
+            mode, store, key, value = plan
+            release = _noop
+            if value is _MISSING:
+                value, release = await self.acquire_async(mode, store, key)
+            if isinstance(value, Stream):
+                return streams.replay_async(value, self.realtime)
+            finish = self.finisher(mode, store, key, release)
             try:
-                sent = None  # values sent with asend() go on to the helper (record_async)
-                while True:
-                    try:
-                        chunk = await (chunks.__anext__() if sent is None else chunks.asend(sent))
-                    except StopAsyncIteration:
-                        break
-                    sent = yield chunk
-            finally:
-                await chunks.aclose()
+                self.note_miss(store, key)
+                source = wrapped(*args, **kwargs)
+            except BaseException:
+                finish(None, None)
+                raise
+            recorder = streams.Recorder(self.max_stream_size, self.allow_pickle)
+            return streams.record_async(source, recorder, finish)
 
-        return run()
+        return streams.relay(chunks)
 
     # -- management -----------------------------------------------------------------------
 

@@ -9,9 +9,10 @@ provider that fails, leaves nothing behind, and the provider's stream is closed.
 from __future__ import annotations
 
 import asyncio
+import functools
 import struct
 import time
-from typing import Any, AsyncGenerator, Callable, Generator, Optional
+from typing import Any, AsyncGenerator, Awaitable, Callable, Generator, Optional
 
 import wrapt
 
@@ -99,28 +100,38 @@ Finish = Callable[[Optional[Recorder], Any], None]
 """Called once per stream: ``(recorder, return value)`` if it completed, ``(None, None)`` if not."""
 
 
-_SENT = "values were sent into it with send()/asend(), and a replay could not take them into account"
+_STEERED = "values or exceptions were sent into it (send, asend, throw, athrow), and a replay could not take them into account"
 
 
 def record(source: Any, recorder: Recorder, finish: Finish) -> Generator[Any, Any, Any]:
     """Yield ``source``'s chunks while recording; returns its return value.
 
-    Values sent in with ``send()`` reach ``source``; such a stream is not stored (its chunks
-    may depend on them).
+    Values sent in with ``send()`` and exceptions thrown in with ``throw()`` reach ``source``
+    (a generator); such a stream is not stored, as its chunks may depend on them.
     """
     iterator = iter(source)
-    sent = None
+    step: Callable[[], Any] = iterator.__next__
     try:
         while True:
             try:
-                chunk = next(iterator) if sent is None else iterator.send(sent)
+                chunk = step()
             except StopIteration as stop:
                 result = stop.value
                 break
             recorder.add(chunk)
-            sent = yield chunk
-            if sent is not None:
-                recorder.give_up(_SENT)
+            try:
+                sent = yield chunk
+            except GeneratorExit:
+                raise
+            except BaseException as exc:
+                recorder.give_up(_STEERED)
+                step = functools.partial(iterator.throw, exc)
+                continue
+            if sent is None:
+                step = iterator.__next__
+            else:
+                recorder.give_up(_STEERED)
+                step = functools.partial(iterator.send, sent)
     except BaseException:
         finish(None, None)
         _close(iterator)
@@ -130,24 +141,59 @@ def record(source: Any, recorder: Recorder, finish: Finish) -> Generator[Any, An
 
 
 async def record_async(source: Any, recorder: Recorder, finish: Finish) -> AsyncGenerator[Any, Any]:
-    """``record`` for async iterators (values sent with ``asend()`` reach ``source`` alike)."""
+    """``record`` for async iterators (``asend()`` and ``athrow()`` reach ``source`` alike)."""
     iterator = source.__aiter__()
-    sent = None
     try:
+        step = iterator.__anext__()
         while True:
             try:
-                chunk = await (iterator.__anext__() if sent is None else iterator.asend(sent))
+                chunk = await step
             except StopAsyncIteration:
                 break
             recorder.add(chunk)
-            sent = yield chunk
+            try:
+                sent = yield chunk
+            except GeneratorExit:
+                raise
+            except BaseException as exc:
+                recorder.give_up(_STEERED)
+                step = iterator.athrow(exc)
+                continue
             if sent is not None:
-                recorder.give_up(_SENT)
+                recorder.give_up(_STEERED)
+            step = iterator.__anext__() if sent is None else iterator.asend(sent)
     except BaseException:
         finish(None, None)
         await _aclose(iterator)
         raise
     finish(recorder, None)
+
+
+async def relay(start: Callable[[], Awaitable[AsyncGenerator[Any, Any]]]) -> AsyncGenerator[Any, Any]:
+    """Yield the items of the generator ``start()`` gives, passing ``asend()`` values and
+    ``athrow()`` exceptions on to it: the ``yield from`` async generators lack.
+
+    ``start`` runs when iteration begins (a cached async generator does nothing until then);
+    the generator is closed when this one is.
+    """
+    chunks = await start()
+    try:
+        step = chunks.__anext__()
+        while True:
+            try:
+                chunk = await step
+            except StopAsyncIteration:
+                break
+            try:
+                sent = yield chunk
+            except GeneratorExit:
+                raise
+            except BaseException as exc:
+                step = chunks.athrow(exc)
+                continue
+            step = chunks.__anext__() if sent is None else chunks.asend(sent)
+    finally:
+        await chunks.aclose()
 
 
 def replay(stream: Stream, realtime: bool) -> Generator[Any, None, Any]:

@@ -1159,3 +1159,68 @@ async def test_values_sent_into_an_async_generator_reach_the_helper_and_that_str
 
     assert await collect() == await collect() == ["hi?", "you said None"]
     assert calls == ["hi", "hi"]
+
+
+def test_an_exception_thrown_into_a_generator_reaches_the_helper(tmp_path):
+    calls = []
+
+    @cache_llm(cache_dir=tmp_path)
+    def resilient(prompt):
+        calls.append(prompt)
+        try:
+            yield "first"
+        except ValueError as exc:
+            yield f"recovered from {exc}"
+        yield "last"
+
+    live = resilient("p")
+    assert next(live) == "first"
+    with pytest.warns(UncacheableValueWarning, match="throw"):
+        assert live.throw(ValueError("boom")) == "recovered from boom"  # the helper handled it
+        assert list(live) == ["last"]
+    assert resilient.cache_info().entries == 0
+
+    live = resilient("p")
+    next(live)
+    error = KeyError("not handled")
+    with pytest.raises(KeyError) as raised:
+        live.throw(error)
+    assert raised.value is error
+    assert resilient.cache_info().entries == 0
+
+    assert list(resilient("p")) == list(resilient("p")) == ["first", "last"]
+    assert calls == ["p", "p", "p"]
+
+
+@pytest.mark.asyncio
+async def test_an_exception_thrown_into_an_async_generator_reaches_the_helper(tmp_path):
+    calls = []
+
+    @cache_llm(cache_dir=tmp_path)
+    async def resilient(prompt):
+        calls.append(prompt)
+        try:
+            yield "first"
+        except ValueError as exc:
+            yield f"recovered from {exc}"
+        yield "last"
+
+    live = resilient("p")
+    assert await live.__anext__() == "first"
+    with pytest.warns(UncacheableValueWarning, match="throw"):
+        assert await live.athrow(ValueError("boom")) == "recovered from boom"
+        assert [chunk async for chunk in live] == ["last"]
+    assert resilient.cache_info().entries == 0
+
+    live = resilient("p")
+    await live.__anext__()
+    error = KeyError("not handled")
+    with pytest.raises(KeyError) as raised:
+        await live.athrow(error)
+    assert raised.value is error
+
+    async def collect():
+        return [chunk async for chunk in resilient("p")]
+
+    assert await collect() == await collect() == ["first", "last"]
+    assert calls == ["p", "p", "p"]
