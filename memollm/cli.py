@@ -522,8 +522,6 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 def cmd_clear(args: argparse.Namespace) -> int:
     with CacheDir.open(args.cache_dir) as cache:
-        if not args.yes and not _isatty(sys.stdin):
-            raise CliError(f"refusing to clear {cache.path} without confirmation: pass --yes")
         rows = cache.rows()
         function = args.function
         if function is not None:
@@ -537,7 +535,7 @@ def cmd_clear(args: argparse.Namespace) -> int:
         if not rows and cache.store is None:
             return _cleared(args, cache.path, function, 0, 0)
         if not args.yes and rows and not _confirm(f"Delete {len(rows)} {'entry' if len(rows) == 1 else 'entries'} ({human_size(size)}) {what}from {cache.path}? [y/N] "):
-            sys.stderr.write("memollm: nothing deleted\n")
+            sys.stderr.write("memollm: nothing deleted (pass --yes to clear without being asked)\n")
             return EXIT_ERROR
         assert cache.store is not None
         removed = freed = 0
@@ -557,9 +555,15 @@ def _cleared(args: argparse.Namespace, path: str, function: Optional[str], remov
 
 
 def _confirm(question: str) -> bool:
+    """Ask on stderr, read a line from stdin: only y/yes agrees (no input at all means no)."""
     sys.stderr.write(question)
     sys.stderr.flush()
-    answer = sys.stdin.readline()
+    try:
+        answer = sys.stdin.readline() if sys.stdin is not None else ""
+    except (OSError, ValueError):  # stdin closed or unreadable
+        answer = ""
+    if not _isatty(sys.stdin):
+        sys.stderr.write(answer if answer.endswith("\n") else answer + "\n")  # echo what was read
     return answer.strip().lower() in ("y", "yes")
 
 

@@ -17,6 +17,7 @@ import inspect
 import pickle
 import sys
 import uuid
+import weakref
 from typing import Any
 
 import msgpack
@@ -53,8 +54,16 @@ EXT_COMPLEX = 15
 EXT_MODEL = 16  # a pydantic model by the state pickle would keep (see _model_state)
 
 
+_local_classes: weakref.WeakValueDictionary[tuple[str, str], type] = weakref.WeakValueDictionary()
+"""Classes defined inside functions that this process has stored values of, by name: no
+import can find them, so they are restored only while the program that defined them runs."""
+
+
 def _class_ref(cls: type) -> list[str]:
-    return [cls.__module__, cls.__qualname__]
+    module, qualname = cls.__module__, cls.__qualname__
+    if "<locals>" in qualname:
+        _local_classes[(module, qualname)] = cls  # the latest definition of that name wins
+    return [module, qualname]
 
 
 def _encode_other(value: Any, pack: Any, allow_pickle: bool) -> Any:
@@ -68,7 +77,7 @@ def _encode_other(value: Any, pack: Any, allow_pickle: bool) -> Any:
     for base in (dict, list, str, bytes, int, float):  # subclasses (OrderedDict, ...) as their base
         if isinstance(value, base) and not isinstance(value, bool):
             return base(value)  # type: ignore[call-overload,arg-type]
-    if hasattr(t, "model_fields") and hasattr(value, "model_dump") and "<locals>" not in t.__qualname__:
+    if hasattr(t, "model_fields") and hasattr(value, "model_dump"):
         state = _model_state(value)
         if state is not None:
             try:
@@ -82,7 +91,7 @@ def _encode_other(value: Any, pack: Any, allow_pickle: bool) -> Any:
         fields_set = getattr(value, "__pydantic_fields_set__", None)
         tail = pack(sorted(fields_set)) if isinstance(fields_set, set) else b""
         return msgpack.ExtType(EXT_PYDANTIC, pack(_class_ref(t)) + data + tail)
-    if dataclasses.is_dataclass(value) and not isinstance(value, type) and "<locals>" not in t.__qualname__:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
         fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
         return msgpack.ExtType(EXT_DATACLASS, pack(_class_ref(t)) + pack(fields))
     if t is _dt.datetime:
@@ -111,7 +120,7 @@ def _encode_other(value: Any, pack: Any, allow_pickle: bool) -> Any:
     raise UnencodableValue(
         f"memollm cannot store a value of type {t.__module__}.{t.__qualname__}; supported are str, bytes, "
         "numbers, None, dict, list, tuple, set, datetime/UUID/Decimal, enums, dataclasses and pydantic "
-        "models (module-level classes). Return one of those, or opt in with cache_llm(allow_pickle=True)."
+        "models. Return one of those, or opt in with cache_llm(allow_pickle=True)."
     )
 
 
@@ -166,10 +175,19 @@ def resolve_class(module: str, qualname: str) -> type:
 
     Only modules the program has already imported are looked up, so a crafted cache file
     cannot make memollm import (and run) any installed code. A class whose module is not
-    loaded yet makes the entry a miss; the recomputed call usually imports it.
+    loaded yet makes the entry a miss; the recomputed call usually imports it. A class defined
+    inside a function is found only in the process that stored a value of it.
     """
+    if "<locals>" in qualname:
+        local = _local_classes.get((module, qualname))
+        if local is None:
+            raise UndecodableValue(
+                f"class {module}.{qualname} is defined inside a function and this process has stored "
+                "no value of it (define it at module level for other processes to read its values)"
+            )
+        return local
     obj: Any = sys.modules.get(module)
-    if obj is None or "<locals>" in qualname:
+    if obj is None:
         raise UndecodableValue(f"class {module}.{qualname} is not available in this program")
     try:
         for part in qualname.split("."):

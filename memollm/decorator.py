@@ -16,9 +16,9 @@ from . import flight, keys, observe, streams
 from .codec import UndecodableValue, UnencodableValue, decode
 from .config import TTL, cache_dir_for, disk_store, parse_size, parse_ttl, secret_bytes
 from .entry import KIND_STREAM, KIND_VALUE, CorruptEntry, EntryMeta, Stream, decode_body, encode_value, pack_entry, read_meta
-from .errors import CacheMiss, UncacheableValueWarning
+from .errors import CacheMiss
 from .modes import Mode, current_mode, parse_mode
-from .report import warn_once
+from .report import warn_once, warn_uncacheable
 from .stats import CacheInfo, Counters, tokens_of
 from .stores.base import Store
 from .stores.memory import SHARED_MEMORY_STORE
@@ -178,7 +178,7 @@ class _Engine:
             data = encode_value(meta, value, self.secret, self.allow_pickle)
         except UnencodableValue as exc:
             kind = type(value).__qualname__
-            warn_once(self.function_id, "unencodable:" + kind, f"memollm: {self.function_id} returned a {kind} that was not cached: {exc}", UncacheableValueWarning)
+            warn_uncacheable(self.function_id, "unencodable:" + kind, f"memollm: {self.function_id} returned a {kind} that was not cached: {exc}")
             return
         self.write(store, meta, data)
 
@@ -203,8 +203,14 @@ class _Engine:
 
     def miss_error(self, store: Optional[Store], key: str) -> CacheMiss:
         where = store.location if store is not None else cache_dir_for(self.cache_dir)
+        problem = ""
+        if store is None:
+            try:
+                disk_store(where, self.max_size)
+            except Exception as exc:
+                problem = f" (the cache dir cannot be used: {exc})"
         return CacheMiss(
-            f"memollm: no cached entry for {self.function_id} (key {key}) in {where}, and the cache mode is "
+            f"memollm: no cached entry for {self.function_id} (key {key}) in {where}{problem}, and the cache mode is "
             "'offline'. Record it by running this call once with the cache mode 'readwrite' "
             "(MEMOLLM_MODE=readwrite, or --memollm-mode=readwrite under pytest) and provider access, "
             "then commit or copy the cache dir.",
@@ -346,13 +352,13 @@ class _Engine:
 
     def save_stream(self, store: Store, key: str, recorder: streams.Recorder, result: Any) -> None:
         if recorder.problem is not None:
-            warn_once(self.function_id, "stream:" + recorder.problem[:40], f"memollm: a stream of {self.function_id} was passed through but not cached: {recorder.problem}", UncacheableValueWarning)
+            warn_uncacheable(self.function_id, "stream:" + recorder.problem[:40], f"memollm: a stream of {self.function_id} was passed through but not cached: {recorder.problem}")
             return
         meta = self.new_meta(key, recorder.duration, recorder.usage.tokens(), KIND_STREAM)
         try:
             body = recorder.body(result)
         except UnencodableValue as exc:
-            warn_once(self.function_id, "stream-result", f"memollm: the return value of a stream of {self.function_id} cannot be stored: {exc}", UncacheableValueWarning)
+            warn_uncacheable(self.function_id, "stream-result", f"memollm: the return value of a stream of {self.function_id} cannot be stored: {exc}")
             return
         self.write(store, meta, pack_entry(meta, body, self.secret))
 

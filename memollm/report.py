@@ -1,4 +1,10 @@
-"""Report cache problems once (per place and kind), through ``warnings`` and the ``memollm`` logger."""
+"""Report cache problems through ``warnings`` and the ``memollm`` logger.
+
+Problems of the cache itself (a dir that cannot be written, a corrupt entry) are reported once
+per place and kind. A value that cannot be stored warns at every call that returns one (Python's
+warning filters show each distinct message once by default): it is about the caller's code, and
+each call concerned should be visible to ``pytest.warns`` or ``warnings.catch_warnings``.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,7 @@ import logging
 import threading
 import warnings
 
-from .errors import CacheWarning
+from .errors import CacheWarning, UncacheableValueWarning
 
 logger = logging.getLogger("memollm")
 _seen: set[tuple[str, str]] = set()
@@ -23,6 +29,15 @@ def warn_once(where: str, problem: str, message: str, category: type[Warning] = 
         warnings.warn(message, category, stacklevel=4)
     else:
         logger.debug("%s", message)
+
+
+def warn_uncacheable(function_id: str, problem: str, message: str) -> None:
+    """An ``UncacheableValueWarning``; only its first occurrence is logged at warning level."""
+    with _lock:
+        first = (function_id, problem) not in _seen
+        _seen.add((function_id, problem))
+    logger.log(logging.WARNING if first else logging.DEBUG, "%s", message)
+    warnings.warn(message, UncacheableValueWarning, stacklevel=4)
 
 
 def reset() -> None:

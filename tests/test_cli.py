@@ -196,11 +196,19 @@ def test_prune_removes_leftovers(cache, capsys):
     assert not os.path.exists(leftover)
 
 
-def test_clear_without_yes_and_without_terminal_refuses(cache):
-    result = run_cli("clear", "--cache-dir", cache["dir"])
+def test_clear_without_yes_and_without_input_deletes_nothing(cache):
+    result = run_cli("clear", "--cache-dir", cache["dir"])  # stdin is /dev/null: no answer
     assert result.returncode == 1
-    assert "--yes" in result.stderr and "Traceback" not in result.stderr
+    assert "Delete 4 entries" in result.stderr and "--yes" in result.stderr and "Traceback" not in result.stderr
     assert DiskStore(cache["dir"]).count() == 4
+
+
+@pytest.mark.parametrize("answer, remaining", [("yes\n", 0), ("no\n", 4)])
+def test_clear_reads_the_answer_from_piped_stdin(cache, answer, remaining):
+    result = run_cli("clear", "--cache-dir", cache["dir"], stdin=answer)
+    assert result.returncode == (0 if remaining == 0 else 1), result.stderr
+    assert "Delete 4 entries" in result.stderr
+    assert DiskStore(cache["dir"]).count() == remaining
 
 
 def test_clear_one_function_then_all(cache, capsys):

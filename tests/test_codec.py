@@ -8,7 +8,9 @@ import decimal
 import enum
 import functools
 import importlib.util
+import subprocess
 import sys
+import textwrap
 import threading
 import types
 import uuid
@@ -331,17 +333,62 @@ def test_unstorable_nested_value_names_the_type(tmp_path: Path) -> None:
     assert cached.cache_info().entries == 0
 
 
-def test_local_classes_are_not_stored(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["disk", "memory"])
+def test_classes_defined_inside_a_function_are_restored_in_the_same_process(kind: str, tmp_path: Path) -> None:
     @dataclasses.dataclass
     class Local:
         x: int
 
-    cached = make_cached("disk", tmp_path, lambda: Local(1))
-    with pytest.warns(UncacheableValueWarning, match="Local"):
-        assert cached("x") == Local(1)
-    assert cached.cache_info().entries == 0
+    class Mood(enum.Enum):
+        CALM = "calm"
+
+    cached = make_cached(kind, tmp_path, lambda: {"result": Local(1), "mood": Mood.CALM})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        first = cached("x")
+        hit = cached("x")
+    assert cached.calls == ["x"]
+    assert hit == {"result": Local(1), "mood": Mood.CALM} and type(hit["result"]) is Local
+    assert hit["result"] is not first["result"]
 
 
+def test_a_local_class_unknown_to_the_reading_process_is_a_miss(tmp_path: Path) -> None:
+    script = textwrap.dedent(
+        """
+        import dataclasses, sys, warnings
+        from memollm import cache_llm
+
+        def define():
+            @dataclasses.dataclass
+            class Local:
+                x: int
+            return Local
+
+        calls = []
+
+        @cache_llm(cache_dir=sys.argv[1])
+        def answer(prompt):
+            calls.append(prompt)
+            return Local(len(prompt))
+
+        Local = define()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert answer("hello") == Local(5) and type(answer("hello")) is Local
+        print(len(calls), any("defined inside a function" in str(w.message) for w in caught))
+        """
+    )
+    path = tmp_path / "local.py"
+    path.write_text(script)
+    cache = tmp_path / "cache"
+    runs = []
+    for _ in range(2):
+        done = subprocess.run([sys.executable, str(path), str(cache)], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        runs.append(done.stdout.split())
+    assert runs[0] == ["1", "False"]  # stored, then a hit in the same process
+    # The next process could not restore it: warned, recomputed once, then hits.
+    assert runs[1] == ["1", "True"]
 @pytest.mark.parametrize("kind", ["disk", "memory"])
 def test_allow_pickle_stores_other_values(kind: str, tmp_path: Path) -> None:
     cached = make_cached(kind, tmp_path, lambda: {"obj": Plain(7)}, allow_pickle=True)
@@ -416,3 +463,15 @@ def test_entries_of_changed_classes_are_misses(kind: str, tmp_path: Path, monkey
     assert type(value) is getattr(sys.modules["memollm_test_evolving"], kind)
     assert calls == [kind, kind]
     assert produce(kind) == value
+
+
+def test_every_call_returning_an_unstorable_value_warns(tmp_path: Path) -> None:
+    def build() -> Any:
+        return make_cached("disk", tmp_path, lambda: Plain(1))
+
+    cached = build()
+    for _ in range(2):
+        with pytest.warns(UncacheableValueWarning, match="Plain"):
+            cached("x")
+    with pytest.warns(UncacheableValueWarning, match="Plain"):  # a new decoration of the same function
+        build()("x")

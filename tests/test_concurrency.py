@@ -336,6 +336,31 @@ def test_recent_temporary_files_survive_prune(tmp_path: Path) -> None:
     assert young.exists()
 
 
+def test_temporary_files_of_dead_writers_are_pruned_soon(tmp_path: Path) -> None:
+    """A writer killed mid-write leaves a temporary file named after its pid: once that pid is
+    gone (and the file is a few seconds old), prune removes it without waiting for the age rule."""
+    cache_dir = tmp_path / "cache"
+    run_json(script(VERIFY, {0: 1000}), cache_dir)  # creates the cache dir
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, timeout=60)
+    dead_pid = int(dead.stdout)
+    shard = cache_dir / "joblib" / "f" / "ab" / ("ab" * 16)
+    shard.mkdir(parents=True)
+    files = {
+        "dead, old enough": (f"output.msgpack.{'0' * 32}-{dead_pid}-7", 60),
+        "dead, just written": (f"output.msgpack.{'1' * 32}-{dead_pid}-7", 0),
+        "alive, old enough": (f"output.msgpack.{'2' * 32}-{os.getppid()}-7", 60),
+    }
+    for name, age in files.values():
+        (shard / name).write_bytes(b"half an entry")
+        when = time.time() - age
+        os.utime(shard / name, (when, when))
+    out = subprocess.run([sys.executable, "-m", "memollm", "prune", "--cache-dir", str(cache_dir), "--json"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["leftovers"] == 1
+    remaining = {p.name for p in shard.iterdir()}
+    assert remaining == {files["dead, just written"][0], files["alive, old enough"][0]}
+
+
 POPULATE = """
 for k in SIZES:
     answer(k)

@@ -18,7 +18,7 @@ import msgpack
 import pytest
 import xxhash
 
-from memollm import CacheWarning, cache_llm
+from memollm import CacheMiss, CacheWarning, cache_llm
 from memollm import codec as _codec
 from memollm import entry as _entry
 
@@ -109,12 +109,56 @@ def check_untrusted(cache: Path, expected: str) -> None:
     assert expected in str(caught[0].message) and "not trusted" in str(caught[0].message)
 
 
-@pytest.mark.parametrize("mode", [0o777, 0o770, 0o702, 0o1777])
+@pytest.mark.parametrize("mode", [0o777, 0o702, 0o1777])
 def test_cache_dir_writable_by_others_is_not_trusted(mode: int, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     cache.mkdir()
     cache.chmod(mode)
     check_untrusted(cache, "writable by group or others")
+
+
+def test_offline_miss_on_an_untrusted_cache_dir_says_why(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    cache.chmod(0o777)
+    c = Counted(cache_dir=cache, mode="offline")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CacheWarning)
+        with pytest.raises(CacheMiss, match="cannot be used: .*not trusted"):
+            c.f("q")
+    assert c.calls == 0
+
+
+def own_private_group() -> "int | None":
+    """The current user's primary group if it is their user private group (as with umask 002)."""
+    import grp
+    import pwd
+
+    user = pwd.getpwuid(os.geteuid()).pw_name
+    group = grp.getgrgid(os.getegid())
+    return group.gr_gid if group.gr_name == user and set(group.gr_mem) <= {user} else None
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="chgrp to a shared group needs root")
+def test_cache_dir_writable_by_a_shared_group_is_not_trusted(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    os.chown(cache, -1, 65534)  # nogroup: not the user's own group
+    cache.chmod(0o770)
+    check_untrusted(cache, "writable by group or others")
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or own_private_group() is None, reason="needs a user private group")
+def test_cache_dir_writable_by_the_users_own_group_is_trusted(tmp_path: Path) -> None:
+    """A cache committed to git and cloned with umask 002 (dirs 0775) is used as it is."""
+    cache = tmp_path / "cache"
+    assert read_all(cache)["calls"] == 2
+    for path in [cache, *cache.rglob("*")]:
+        if path.is_dir():
+            os.chown(path, -1, own_private_group())
+            path.chmod(0o775)
+    result = read_all(cache)
+    assert result == {"values": ["answer to x", "answer to y"], "calls": 0, "warnings": []}
 
 
 @pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="chown to another user needs root")

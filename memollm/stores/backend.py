@@ -121,18 +121,41 @@ class MsgpackStoreBackend(FileSystemStoreBackend):
                 if ITEM_FILENAME in files and _KEY_RE.match(os.path.basename(dirpath)):
                     yield os.path.join(dirpath, ITEM_FILENAME)
 
-    def iter_leftovers(self, older_than: float) -> Iterator[str]:
-        """Temporary files of interrupted writes, last modified before ``older_than``."""
+    def iter_leftovers(self, older_than: float, dead_older_than: Optional[float] = None) -> Iterator[str]:
+        """Temporary files of interrupted writes: last modified before ``older_than``, or before
+        ``dead_older_than`` when the writer named in the file (joblib's ``<uuid>-<pid>-<thread>``
+        suffix) is no longer a process on this machine."""
         prefix = ITEM_FILENAME + "."
         for dirpath, _dirs, files in os.walk(self.location):
             for name in files:
                 if name.startswith(prefix):
                     path = os.path.join(dirpath, name)
                     try:
-                        if os.stat(path).st_mtime < older_than:
-                            yield path
+                        mtime = os.stat(path).st_mtime
                     except OSError:
                         continue
+                    if mtime < older_than:
+                        yield path
+                    elif dead_older_than is not None and mtime < dead_older_than and not _writer_alive(name[len(prefix) :]):
+                        yield path
+
+
+def _writer_alive(suffix: str) -> bool:
+    """Whether the process that named a temporary file ``<uuid>-<pid>-<thread>`` still runs
+    (unknown names count as alive: only the age rule removes them)."""
+    parts = suffix.split("-")
+    if len(parts) != 3 or not parts[1].isdigit():
+        return True
+    pid = int(parts[1])
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's process: it exists
+        return True
+    return True
 
 
 register_store_backend("memollm", MsgpackStoreBackend)

@@ -34,6 +34,7 @@ JOBLIB_GITIGNORE = "# Created by joblib automatically.\n*\n"
 RECENT_BYTES_MAX = 32 * 2**20  # bytes of recently read entries kept per cache dir
 RECENT_ITEM_MAX = 2**20
 LEFTOVER_AGE = 600.0  # seconds before a temporary file counts as the leftover of a dead writer
+DEAD_WRITER_AGE = 10.0  # ... or sooner, if its writer's pid is no longer running on this machine
 INDEX_PAUSE = 30.0  # seconds the index is left alone after it stayed locked for a whole busy timeout
 PENDING_MAX = 10_000  # index updates remembered while it is paused or failing
 
@@ -287,7 +288,7 @@ class DiskStore(Store):
             report.entries += evicted.entries
             report.bytes += evicted.bytes
         report.entries += self._with_index(self._drop_orphan_rows, lambda: 0)
-        for path in self.backend.iter_leftovers(now - LEFTOVER_AGE):
+        for path in self.backend.iter_leftovers(now - LEFTOVER_AGE, now - DEAD_WRITER_AGE):
             try:
                 size = os.stat(path).st_size
                 os.unlink(path)
