@@ -144,6 +144,11 @@ _disk_stores: dict[str, DiskStore] = {}
 _disk_lock = threading.Lock()
 
 
+def is_open(cache_dir: str) -> bool:
+    """Whether this process already uses a ``DiskStore`` for ``cache_dir``."""
+    return cache_dir in _disk_stores
+
+
 def disk_store(cache_dir: "str | os.PathLike[str]", max_size: Optional[int] = None) -> DiskStore:
     """The process-wide ``DiskStore`` for a cache dir (created on first use)."""
     path = os.fspath(cache_dir)

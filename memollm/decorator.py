@@ -14,7 +14,7 @@ import wrapt
 
 from . import flight, keys, observe, streams
 from .codec import UndecodableValue, UnencodableValue, decode
-from .config import TTL, cache_dir_for, disk_store, parse_size, parse_ttl, secret_bytes
+from .config import TTL, cache_dir_for, disk_store, is_open, parse_size, parse_ttl, secret_bytes
 from .entry import KIND_STREAM, KIND_VALUE, CorruptEntry, EntryMeta, Stream, decode_body, encode_value, pack_entry, read_meta
 from .errors import CacheMiss
 from .modes import Mode, current_mode, parse_mode
@@ -114,11 +114,14 @@ class _Engine:
 
     # -- store ----------------------------------------------------------------------------
 
-    def store(self) -> Optional[Store]:
-        """The store for this call, or ``None`` if it cannot be opened (reported once)."""
+    def store(self, create: bool = True) -> Optional[Store]:
+        """The store for this call, or ``None`` if it cannot be opened (reported once), or if
+        its cache dir does not exist and ``create`` is false (nothing to read there)."""
         if self.fixed_store is not None:
             return self.fixed_store
         path = cache_dir_for(self.cache_dir)
+        if not create and not is_open(path) and not os.path.isdir(path):
+            return None
         try:
             return disk_store(path, self.max_size)
         except Exception as exc:
@@ -204,7 +207,9 @@ class _Engine:
     def miss_error(self, store: Optional[Store], key: str) -> CacheMiss:
         where = store.location if store is not None else cache_dir_for(self.cache_dir)
         problem = ""
-        if store is None:
+        if store is None and not os.path.isdir(where):
+            problem = " (the cache dir does not exist)"
+        elif store is None:
             try:
                 disk_store(where, self.max_size)
             except Exception as exc:
@@ -323,7 +328,7 @@ class _Engine:
             if maybe_key is None:
                 return None
             key = maybe_key
-        store = self.store()
+        store = self.store(create=mode.writes)
         value = _MISSING
         if store is not None and mode.reads:
             value = self.lookup(store, key)
@@ -474,7 +479,7 @@ class _Engine:
     # -- management -----------------------------------------------------------------------
 
     def info(self) -> CacheInfo:
-        store = self.store()
+        store = self.store(create=False)
         entries, size = 0, 0
         if store is not None:
             try:
@@ -487,7 +492,7 @@ class _Engine:
         return CacheInfo(c.hits, c.misses, entries, size, c.seconds_saved, c.tokens_saved)
 
     def clear(self) -> None:
-        store = self.store()
+        store = self.store(create=False)
         if store is not None:
             try:
                 store.clear(self.function_id)
@@ -497,7 +502,7 @@ class _Engine:
 
     def invalidate(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
         key = self.key(args, kwargs)
-        store = self.store()
+        store = self.store(create=False)
         if store is None:
             return False
         try:

@@ -38,6 +38,21 @@ def test_readonly_serves_hits_but_never_writes(tmp_path):
     assert complete.cache_info().entries == 1
 
 
+@pytest.mark.parametrize("mode", ["readonly", "offline"])
+def test_modes_that_never_write_do_not_create_the_cache_dir(tmp_path, mode):
+    cache_dir = tmp_path / "not-there"
+    complete, calls = counted(cache_dir, mode=mode)
+    if mode == "offline":
+        with pytest.raises(CacheMiss, match="does not exist"):
+            complete("a")
+    else:
+        assert [complete("a"), complete("a")] == ["answer 1", "answer 2"]
+    assert complete.cache_info().entries == 0
+    assert complete.invalidate("a") is False
+    complete.cache_clear()
+    assert not cache_dir.exists()
+
+
 def test_refresh_always_calls_and_overwrites(tmp_path):
     complete, calls = counted(tmp_path)
     complete("a")
