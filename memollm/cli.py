@@ -28,6 +28,7 @@ from . import __version__
 from .codec import UndecodableValue
 from .config import default_cache_dir, secret_bytes
 from .entry import CorruptEntry, EntryMeta, Stream, decode_body, read_meta
+from .stores.backend import STAGING_DIRNAME
 from .stores.base import PruneReport
 from .stores.disk import DiskStore
 from .stores.index import INDEX_FILENAME
@@ -135,7 +136,7 @@ class CacheDir:
             raise CliError(f"no cache dir at {path} (nothing was cached there; pass --cache-dir DIR or set MEMOLLM_CACHE_DIR)")
         if not os.path.isdir(path):
             raise CliError(f"{path} is not a directory (pass --cache-dir DIR)")
-        if not (os.path.isdir(os.path.join(path, "joblib")) or os.path.exists(os.path.join(path, INDEX_FILENAME))):
+        if not any(os.path.exists(os.path.join(path, name)) for name in ("joblib", STAGING_DIRNAME, INDEX_FILENAME)):
             return cls(path, None)  # an empty dir, or not a cache: nothing in it, and nothing written to it
         try:
             return cls(path, DiskStore(path))

@@ -186,8 +186,7 @@ def test_prune_removes_expired_entries(cache, capsys):
 
 def test_prune_removes_leftovers(cache, capsys):
     key = cache["complete"].cache_key("hello")
-    item_dirs = [p for p, _, files in os.walk(cache["dir"]) if os.path.basename(p) == key]
-    leftover = os.path.join(item_dirs[0], "output.msgpack.deadbeef-tmp")
+    leftover = os.path.join(cache["dir"], "tmp", f"{key}.{'0' * 32}-1-2")  # a write interrupted long ago
     with open(leftover, "wb") as f:
         f.write(b"half a write")
     os.utime(leftover, (time.time() - 3600, time.time() - 3600))

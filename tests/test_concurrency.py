@@ -160,7 +160,9 @@ def entry_files(cache_dir: Path) -> dict[str, int]:
 
 
 def leftovers(cache_dir: Path) -> list[Path]:
-    return sorted(cache_dir.rglob("output.msgpack.*"))
+    """Temporary files of writes: in the staging dir, or (never expected) beside an entry."""
+    staged = list((cache_dir / "tmp").glob("*")) if (cache_dir / "tmp").is_dir() else []
+    return sorted(staged + list(cache_dir.rglob("output.msgpack.*")))
 
 
 def indexed(cache_dir: Path) -> dict[str, int]:
@@ -225,7 +227,7 @@ def test_invalidate_racing_a_write_is_not_an_error(tmp_path: Path, monkeypatch: 
 
     def racing_open(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
         fd = real_open(path, flags, *args, **kwargs)
-        if ".msgpack." in os.fspath(path) and not raced:  # a write's temporary file was just created ...
+        if os.fspath(path).startswith(str(cache_dir / "tmp")) and not raced:  # a write's temporary file was just created ...
             raced.append(path)
             assert answer.invalidate("a")  # ... when another process invalidates the entry
         return fd
@@ -309,8 +311,8 @@ def test_kill_9_mid_write_never_leaves_a_wrong_entry(tmp_path: Path) -> None:
     assert seen["warnings"] == []
 
     # leftovers of interrupted writes are ignored on read (above) and removed by `memollm prune`
-    planted = cache_dir / "joblib" / "planted" / "ab" / ("ab" * 16) / "output.msgpack.0123abcd-1-2"
-    planted.parent.mkdir(parents=True)
+    planted = cache_dir / "tmp" / f"{'ab' * 16}.0123abcd-1-2"
+    planted.parent.mkdir(parents=True, exist_ok=True)
     planted.write_bytes(b"half an entry")
     found = leftovers(cache_dir)
     past = time.time() - 24 * 3600
@@ -326,9 +328,9 @@ def test_kill_9_mid_write_never_leaves_a_wrong_entry(tmp_path: Path) -> None:
 def test_recent_temporary_files_survive_prune(tmp_path: Path) -> None:
     """A temporary file may belong to a live writer: prune leaves young ones alone."""
     cache_dir = tmp_path / "cache"
-    run_json(script(VERIFY, {0: 1000}), cache_dir)  # creates the cache dir
-    young = cache_dir / "joblib" / "f" / "ab" / ("ab" * 16) / "output.msgpack.0123abcd-1-2"
-    young.parent.mkdir(parents=True)
+    run_json(script(POPULATE, {0: 1000}), cache_dir)  # creates the cache dir
+    young = cache_dir / "tmp" / f"{'ab' * 16}.0123abcd-1-2"
+    young.parent.mkdir(parents=True, exist_ok=True)
     young.write_bytes(b"being written")
     out = subprocess.run([sys.executable, "-m", "memollm", "prune", "--cache-dir", str(cache_dir), "--json"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
@@ -340,15 +342,16 @@ def test_temporary_files_of_dead_writers_are_pruned_soon(tmp_path: Path) -> None
     """A writer killed mid-write leaves a temporary file named after its pid: once that pid is
     gone (and the file is a few seconds old), prune removes it without waiting for the age rule."""
     cache_dir = tmp_path / "cache"
-    run_json(script(VERIFY, {0: 1000}), cache_dir)  # creates the cache dir
+    run_json(script(POPULATE, {0: 1000}), cache_dir)  # creates the cache dir
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, timeout=60)
     dead_pid = int(dead.stdout)
-    shard = cache_dir / "joblib" / "f" / "ab" / ("ab" * 16)
-    shard.mkdir(parents=True)
+    shard = cache_dir / "tmp"
+    shard.mkdir(parents=True, exist_ok=True)
+    key = "ab" * 16
     files = {
-        "dead, old enough": (f"output.msgpack.{'0' * 32}-{dead_pid}-7", 60),
-        "dead, just written": (f"output.msgpack.{'1' * 32}-{dead_pid}-7", 0),
-        "alive, old enough": (f"output.msgpack.{'2' * 32}-{os.getppid()}-7", 60),
+        "dead, old enough": (f"{key}.{'0' * 32}-{dead_pid}-7", 60),
+        "dead, just written": (f"{key}.{'1' * 32}-{dead_pid}-7", 0),
+        "alive, old enough": (f"{key}.{'2' * 32}-{os.getppid()}-7", 60),
     }
     for name, age in files.values():
         (shard / name).write_bytes(b"half an entry")
@@ -380,4 +383,32 @@ def test_index_rows_without_data_are_ignored_and_pruned(tmp_path: Path) -> None:
     assert seen["warnings"] == []
     out = subprocess.run([sys.executable, "-m", "memollm", "prune", "--cache-dir", str(cache_dir), "--json"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
+    assert indexed(cache_dir) == entry_files(cache_dir)
+
+
+def test_prune_does_not_walk_the_entries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Prune's cost follows what it removes: expiry and eviction come from the index, leftovers
+    from the staging dir, and index rows are checked for a missing file in bounded batches."""
+    from memollm.stores import disk
+
+    cache_dir = tmp_path / "cache"
+    answer = provider_and_store(cache_dir)
+    for prompt in "abcde":
+        answer(prompt)
+    for path in sorted(cache_dir.rglob("output.msgpack"))[:3]:
+        path.unlink()  # three index rows now lack their file
+
+    def no_walk(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("prune walked the cache dir")
+
+    monkeypatch.setattr(os, "walk", no_walk)
+    monkeypatch.setattr(disk, "ORPHAN_CHECK_BATCH", 2)
+    store = DiskStore(cache_dir)
+    try:
+        removed = [store.prune().entries for _ in range(4)]
+        assert sum(removed) == 3 and max(removed) <= 2  # two rows looked at per prune, wrapping around
+        assert store.count() == 2
+    finally:
+        store.close()
+    monkeypatch.undo()
     assert indexed(cache_dir) == entry_files(cache_dir)

@@ -153,18 +153,19 @@ def test_disk_full_rlimit_fsize(tmp_path: Path) -> None:
     assert "File too large" in result["warnings"][0]
     assert result["records"] == result["warnings"]
     assert not list((tmp_path / "cache").rglob("output.msgpack*"))  # no partial file left behind
+    assert not list((tmp_path / "cache" / "tmp").glob("*"))
 
 
 def test_disk_full_enospc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cache = tmp_path / "cache"
     p = Provider(cache_dir=cache)
     p.answer("warm")  # the cache dir, its index and lock dirs exist; now the disk fills up
-    with failing_os(monkeypatch, cache / "joblib", errno.ENOSPC), reports() as found:
+    with failing_os(monkeypatch, cache / "tmp", errno.ENOSPC), reports() as found:  # where entries are written
         p.exercise()
     reported_once(found)
     assert "No space left on device" in found.messages[0]
     assert p.calls == 1 + 3 * 2 * 3  # every call of every path went to the provider, and answered
-    assert not list(cache.rglob("output.msgpack.*"))
+    assert not list(cache.rglob("output.msgpack.*")) and not list((cache / "tmp").glob("*"))
 
 
 # -- permissions, read-only file system, unusable cache dir ---------------------------------

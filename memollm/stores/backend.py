@@ -4,10 +4,15 @@ joblib's ``FileSystemStoreBackend`` gives the location layout (``<cache_dir>/job
 <call id>/``), the concurrency-safe write (a uniquely named temporary file, then an atomic
 rename) and item management. Its ``dump_item``/``load_item`` pickle; ours write and read bytes,
 so nothing loaded from a cache dir is ever unpickled. Registered as joblib backend ``"memollm"``.
+
+Temporary files are written in one staging dir, ``<cache_dir>/tmp/``, then renamed into place:
+the leftovers of killed writers are all there, so ``prune`` finds them without walking every
+entry.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -15,9 +20,10 @@ from typing import Any, Iterator, Optional
 
 import xxhash
 from joblib import register_store_backend
-from joblib._store_backends import FileSystemStoreBackend
+from joblib._store_backends import FileSystemStoreBackend, concurrency_safe_write
 
 ITEM_FILENAME = "output.msgpack"
+STAGING_DIRNAME = "tmp"  # beside joblib's location, in the cache dir
 _KEY_RE = re.compile(r"^[0-9a-f]{32}$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -55,6 +61,7 @@ class MsgpackStoreBackend(FileSystemStoreBackend):
     def configure(self, location: str, verbose: int = 0, backend_options: Optional[dict[str, Any]] = None) -> None:
         # Unlike joblib's, writes no ``.gitignore`` of ``*``: cache dirs are meant to be committable.
         self.location = location
+        self.staging = os.path.join(os.path.dirname(location), STAGING_DIRNAME)
         self.verbose = verbose
         self.compress = False
         self.mmap_mode = None
@@ -69,27 +76,25 @@ class MsgpackStoreBackend(FileSystemStoreBackend):
     def dump_item(self, call_id: tuple[str, ...], item: bytes, verbose: int = 0) -> None:  # type: ignore[override]
         """Write ``item`` atomically; raises ``OSError`` on failure (the caller reports it)."""
         item_dir = os.path.join(self.location, *call_id)
-
-        def write_bytes(data: bytes, dest: str) -> None:
-            fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-            except BaseException:
-                try:
-                    os.unlink(dest)
-                except OSError:
-                    pass
-                raise
-
-        for attempt in range(3):  # a concurrent delete may remove the directory under us: make it again
+        staging = self.staging
+        for attempt in range(3):  # a concurrent delete or prune may remove a directory under us
             make_private_dirs(item_dir)
+            make_private_dirs(staging)
             try:
-                self._concurrency_safe_write(item, os.path.join(item_dir, ITEM_FILENAME), write_bytes)
+                temporary = concurrency_safe_write(item, os.path.join(staging, call_id[-1]), _write_new_file)
+                try:
+                    self._move_item(temporary, os.path.join(item_dir, ITEM_FILENAME))
+                except BaseException:
+                    _unlink(temporary)
+                    raise
                 return
             except FileNotFoundError:
                 if attempt == 2:
                     raise
+            except OSError as exc:  # the entries on another file system than the cache dir
+                if exc.errno != errno.EXDEV:
+                    raise
+                staging = item_dir
 
     def load_item(self, call_id: tuple[str, ...], verbose: int = 0, timestamp: Any = None, metadata: Any = None) -> bytes:  # type: ignore[override]
         """Raw bytes of an item; ``FileNotFoundError`` if absent."""
@@ -124,20 +129,39 @@ class MsgpackStoreBackend(FileSystemStoreBackend):
     def iter_leftovers(self, older_than: float, dead_older_than: Optional[float] = None) -> Iterator[str]:
         """Temporary files of interrupted writes: last modified before ``older_than``, or before
         ``dead_older_than`` when the writer named in the file (joblib's ``<uuid>-<pid>-<thread>``
-        suffix) is no longer a process on this machine."""
-        prefix = ITEM_FILENAME + "."
-        for dirpath, _dirs, files in os.walk(self.location):
-            for name in files:
-                if name.startswith(prefix):
-                    path = os.path.join(dirpath, name)
-                    try:
-                        mtime = os.stat(path).st_mtime
-                    except OSError:
-                        continue
-                    if mtime < older_than:
-                        yield path
-                    elif dead_older_than is not None and mtime < dead_older_than and not _writer_alive(name[len(prefix) :]):
-                        yield path
+        suffix) is no longer a process on this machine. Lists the staging dir only."""
+        try:
+            names = os.listdir(self.staging)
+        except OSError:
+            return
+        for name in names:
+            path = os.path.join(self.staging, name)
+            try:
+                mtime = os.stat(path).st_mtime
+            except OSError:
+                continue
+            if mtime < older_than:
+                yield path
+            elif dead_older_than is not None and mtime < dead_older_than and not _writer_alive(name.rpartition(".")[2]):
+                yield path
+
+
+def _write_new_file(data: bytes, path: str) -> None:
+    """Write ``data`` to a new file (mode 0600); nothing is left behind if that fails."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+    except BaseException:
+        _unlink(path)
+        raise
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def _writer_alive(suffix: str) -> bool:

@@ -13,7 +13,7 @@ import joblib
 
 from ..entry import CorruptEntry, EntryMeta, read_meta
 from ..report import warn_once
-from .backend import ITEM_FILENAME, call_id, function_dirname, make_private_dirs
+from .backend import ITEM_FILENAME, STAGING_DIRNAME, call_id, function_dirname, make_private_dirs
 from .base import PruneReport, Store
 from .index import INDEX_FILENAME, Index
 from .usage import UsageLog
@@ -28,13 +28,15 @@ GITIGNORE = (
     f"{INDEX_FILENAME}*\n"
     "*.corrupt-*\n"
     "output.msgpack.*\n"
+    f"{STAGING_DIRNAME}/\n"
     f"{LOCKS_DIRNAME}/\n"
 )
 JOBLIB_GITIGNORE = "# Created by joblib automatically.\n*\n"
 RECENT_BYTES_MAX = 32 * 2**20  # bytes of recently read entries kept per cache dir
 RECENT_ITEM_MAX = 2**20
 LEFTOVER_AGE = 600.0  # seconds before a temporary file counts as the leftover of a dead writer
-DEAD_WRITER_AGE = 10.0  # ... or sooner, if its writer's pid is no longer running on this machine
+DEAD_WRITER_AGE = 1.0  # ... or sooner, if its writer's pid is no longer running on this machine
+ORPHAN_CHECK_BATCH = 10_000  # index rows checked for a missing file per prune (a rolling window)
 INDEX_PAUSE = 30.0  # seconds the index is left alone after it stayed locked for a whole busy timeout
 PENDING_MAX = 10_000  # index updates remembered while it is paused or failing
 
@@ -299,11 +301,15 @@ class DiskStore(Store):
         return report
 
     def _drop_orphan_rows(self) -> int:
-        """Remove index rows whose entry file is gone (a process killed between the two steps)."""
-        rows = [(key, self.item_path(function, key)) for key, function in self.index.keys()]
+        """Remove index rows whose entry file is gone (a process killed between the two steps,
+        files deleted by hand). Each prune checks the next ``ORPHAN_CHECK_BATCH`` rows in key
+        order, wrapping around, so its cost does not grow with the cache."""
+        keys = self.index.keys_after(self.index.get_info("orphan_cursor") or "", ORPHAN_CHECK_BATCH)
+        rows = [(key, self.item_path(function, key)) for key, function in keys]
         orphans = [(key, path) for key, path in rows if not os.path.exists(path)]
         if orphans:
             self.index.remove_if_absent(orphans)
+        self.index.set_info("orphan_cursor", keys[-1][0] if len(keys) == ORPHAN_CHECK_BATCH else "")
         return len(orphans)
 
     def lock_path(self, key: str) -> str:

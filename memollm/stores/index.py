@@ -177,9 +177,10 @@ class Index:
         with _transaction(conn):
             conn.executemany("DELETE FROM entries WHERE key = ?", [(k,) for k, path in keys_and_paths if not os.path.exists(path)])
 
-    def keys(self) -> list[tuple[str, str]]:
-        """Every (key, function) listed."""
-        return [tuple(r) for r in self.execute("SELECT key, function FROM entries")]  # type: ignore[misc]
+    def keys_after(self, start: str, limit: int) -> list[tuple[str, str]]:
+        """Up to ``limit`` (key, function) rows with keys after ``start``, in key order."""
+        cur = self.execute("SELECT key, function FROM entries WHERE key > ? ORDER BY key LIMIT ?", (start, limit))
+        return [tuple(r) for r in cur]  # type: ignore[misc]
 
     def remove(self, keys: Iterable[str]) -> None:
         conn = self._connect()
