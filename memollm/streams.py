@@ -124,8 +124,11 @@ def record(source: Any, recorder: Recorder, finish: Finish) -> Generator[Any, An
             except GeneratorExit:
                 raise
             except BaseException as exc:
+                throw = getattr(iterator, "throw", None)
+                if throw is None:  # a plain iterator: the exception ends it, as it would uncached
+                    raise
                 recorder.give_up(_STEERED)
-                step = functools.partial(iterator.throw, exc)
+                step = functools.partial(throw, exc)
                 continue
             if sent is None:
                 step = iterator.__next__
@@ -156,6 +159,8 @@ async def record_async(source: Any, recorder: Recorder, finish: Finish) -> Async
             except GeneratorExit:
                 raise
             except BaseException as exc:
+                if not hasattr(iterator, "athrow"):
+                    raise
                 recorder.give_up(_STEERED)
                 step = iterator.athrow(exc)
                 continue
