@@ -9,6 +9,7 @@ opts in with ``allow_pickle=True``, for both writing and reading.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime as _dt
 import decimal
@@ -16,6 +17,8 @@ import enum
 import inspect
 import pickle
 import sys
+import types
+import typing
 import uuid
 import weakref
 from typing import Any
@@ -52,6 +55,9 @@ EXT_PICKLE = 13
 EXT_ENUM = 14
 EXT_COMPLEX = 15
 EXT_MODEL = 16  # a pydantic model by the state pickle would keep (see _model_state)
+EXT_ORDERED_DICT = 17
+EXT_COUNTER = 18
+EXT_DEFAULT_DICT = 19
 
 
 _local_classes: weakref.WeakValueDictionary[tuple[str, str], type] = weakref.WeakValueDictionary()
@@ -59,11 +65,35 @@ _local_classes: weakref.WeakValueDictionary[tuple[str, str], type] = weakref.Wea
 import can find them, so they are restored only while the program that defined them runs."""
 
 
-def _class_ref(cls: type) -> list[str]:
+def _class_ref(cls: type) -> list[Any]:
+    """How a stored value names its class: ``[module, qualname]``; for a parametrized pydantic
+    generic (``Box[Item]``, openai's ``ParsedChatCompletion[...]``) also its origin class and
+    type arguments, from which it is rebuilt."""
     module, qualname = cls.__module__, cls.__qualname__
+    generic = getattr(cls, "__pydantic_generic_metadata__", None)
+    if isinstance(generic, dict) and generic.get("origin") is not None:
+        return [module, qualname, _class_ref(generic["origin"]), [_type_ref(arg) for arg in generic.get("args", ())]]
     if "<locals>" in qualname:
         _local_classes[(module, qualname)] = cls  # the latest definition of that name wins
     return [module, qualname]
+
+
+def _type_ref(arg: Any) -> list[Any]:
+    """A type argument of a generic: a class, ``None``, a TypeVar, ``X[...]`` or a Literal value."""
+    if arg is type(None) or arg is None:
+        return ["none"]
+    if isinstance(arg, typing.TypeVar):
+        return ["typevar", arg.__module__, arg.__name__]
+    origin, args = typing.get_origin(arg), typing.get_args(arg)
+    if origin is None and isinstance(arg, type):  # (list[int] passes for a type on Python 3.9/3.10)
+        return ["class", _class_ref(arg)]
+    if origin is typing.Literal and all(isinstance(a, (str, int, bool, bytes)) or a is None for a in args):
+        return ["literal", list(args)]
+    if origin is typing.Union or (sys.version_info >= (3, 10) and isinstance(arg, types.UnionType)):
+        return ["union", [_type_ref(a) for a in args]]
+    if isinstance(origin, type) and args:
+        return ["alias", _class_ref(origin), [_type_ref(a) for a in args]]
+    raise UnencodableValue(f"memollm cannot store a value whose class is parametrized by {arg!r}")
 
 
 def _encode_other(value: Any, pack: Any, allow_pickle: bool) -> Any:
@@ -74,7 +104,14 @@ def _encode_other(value: Any, pack: Any, allow_pickle: bool) -> Any:
         return msgpack.ExtType(EXT_ENUM, pack([*_class_ref(t), value.value]))
     if t is int:  # outside msgpack's 64-bit range
         return msgpack.ExtType(EXT_BIGINT, str(value).encode())
-    for base in (dict, list, str, bytes, int, float):  # subclasses (OrderedDict, ...) as their base
+    if t is collections.OrderedDict or t is collections.Counter:
+        return msgpack.ExtType(EXT_ORDERED_DICT if t is collections.OrderedDict else EXT_COUNTER, pack([[k, v] for k, v in value.items()]))
+    if t is collections.defaultdict:
+        factory = value.default_factory
+        if factory is not None and not isinstance(factory, type):
+            raise UnencodableValue(f"memollm cannot store a defaultdict whose default_factory is {factory!r} (only a class such as list or int)")
+        return msgpack.ExtType(EXT_DEFAULT_DICT, pack([None if factory is None else _class_ref(factory), [[k, v] for k, v in value.items()]]))
+    for base in (dict, list, str, bytes, int, float):  # other subclasses (numpy.float64, ...) as their base
         if isinstance(value, base) and not isinstance(value, bool):
             return base(value)  # type: ignore[call-overload,arg-type]
     if hasattr(t, "model_fields") and hasattr(value, "model_dump"):
@@ -199,6 +236,50 @@ def resolve_class(module: str, qualname: str) -> type:
     return obj
 
 
+def resolve_ref(ref: Any) -> type:
+    """The class a ``_class_ref`` names (a parametrized generic is rebuilt from its parts)."""
+    if not isinstance(ref, list) or len(ref) not in (2, 4) or not all(isinstance(part, str) for part in ref[:2]):
+        raise UndecodableValue(f"malformed class reference {ref!r}")
+    if len(ref) == 2:
+        return resolve_class(ref[0], ref[1])
+    origin = resolve_ref(ref[2])
+    if not isinstance(getattr(origin, "__pydantic_generic_metadata__", None), dict) or not isinstance(ref[3], list):
+        raise UndecodableValue(f"{origin!r} is not a generic pydantic model")
+    args = tuple(_resolve_type(arg) for arg in ref[3])
+    try:
+        cls = origin[args if len(args) != 1 else args[0]]  # type: ignore[index]
+    except TypeError as exc:
+        raise UndecodableValue(f"cannot parametrize {origin!r} with {args!r}: {exc}") from exc
+    if not isinstance(cls, type):
+        raise UndecodableValue(f"{ref[0]}.{ref[1]} is not a class")
+    return cls
+
+
+def _resolve_type(ref: Any) -> Any:
+    kind = ref[0] if isinstance(ref, list) and ref else None
+    if kind == "none" and len(ref) == 1:
+        return type(None)
+    if kind == "class" and len(ref) == 2:
+        return resolve_ref(ref[1])
+    if kind == "typevar" and len(ref) == 3:
+        found = getattr(sys.modules.get(ref[1]), ref[2], None) if isinstance(ref[2], str) else None
+        if not isinstance(found, typing.TypeVar):
+            raise UndecodableValue(f"type variable {ref[1]}.{ref[2]} is not available in this program")
+        return found
+    if kind == "literal" and len(ref) == 2 and isinstance(ref[1], list):
+        return typing.Literal[tuple(ref[1])]
+    if kind == "union" and len(ref) == 2 and isinstance(ref[1], list):
+        return typing.Union[tuple(_resolve_type(a) for a in ref[1])]
+    if kind == "alias" and len(ref) == 3 and isinstance(ref[2], list):
+        origin = resolve_ref(ref[1])
+        args = tuple(_resolve_type(a) for a in ref[2])
+        try:
+            return origin[args if len(args) != 1 else args[0]]  # type: ignore[index]
+        except TypeError as exc:
+            raise UndecodableValue(f"cannot parametrize {origin!r} with {args!r}: {exc}") from exc
+    raise UndecodableValue(f"malformed type reference {ref!r}")
+
+
 def _decode_ext(code: int, data: bytes, allow_pickle: bool) -> Any:
     unpack = _unpack_pickle if allow_pickle else _unpack_safe
     if code == EXT_TUPLE:
@@ -212,7 +293,7 @@ def _decode_ext(code: int, data: bytes, allow_pickle: bool) -> Any:
             if not issubclass(cls, enum.Enum):
                 raise UndecodableValue(f"{cls!r} is not an enum")
             return cls(ref[2])
-        cls = resolve_class(*ref)
+        cls = resolve_ref(ref)
         fields = next(unpacker)
         if code == EXT_MODEL:
             base = getattr(sys.modules.get("pydantic"), "BaseModel", None)
@@ -275,11 +356,24 @@ def _decode_ext(code: int, data: bytes, allow_pickle: bool) -> Any:
         return int(data.decode())
     if code == EXT_COMPLEX:
         return complex(*unpack(data))
+    if code == EXT_ORDERED_DICT:
+        return collections.OrderedDict(_pairs(unpack(data)))
+    if code == EXT_COUNTER:
+        return collections.Counter(dict(_pairs(unpack(data))))
+    if code == EXT_DEFAULT_DICT:
+        factory_ref, pairs = unpack(data)
+        return collections.defaultdict(None if factory_ref is None else resolve_ref(factory_ref), _pairs(pairs))
     if code == EXT_PICKLE:
         if not allow_pickle:
             raise UndecodableValue("entry holds a pickled value; it is loaded only with cache_llm(allow_pickle=True)")
         return pickle.loads(data)
     raise UndecodableValue(f"unknown value tag {code}")
+
+
+def _pairs(items: Any) -> list[tuple[Any, Any]]:
+    if not isinstance(items, list) or not all(isinstance(pair, list) and len(pair) == 2 for pair in items):
+        raise UndecodableValue("malformed mapping")
+    return [(key, value) for key, value in items]
 
 
 _hooks = {

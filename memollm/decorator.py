@@ -5,10 +5,11 @@ from __future__ import annotations
 import inspect
 import io
 import os
+import pickle
 import time
 import types
 from collections.abc import AsyncIterator, Iterable, Iterator
-from typing import Any, Callable, Optional, TypeVar, Union, overload
+from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar, Union, overload
 
 import wrapt
 
@@ -512,10 +513,30 @@ class _Engine:
             return False
 
 
-class _CacheMethods:
-    """``cache_info``, ``cache_clear``, ``cache_key`` and ``invalidate``, shared by both wrappers."""
+if TYPE_CHECKING:
 
-    _self_engine: _Engine
+    class _HasEngine:
+        _self_engine: _Engine
+
+else:
+    _HasEngine = object  # no class annotations at run time (see _CacheMethods)
+
+
+class _CacheMethods(_HasEngine):
+    """``cache_info``, ``cache_clear``, ``cache_key`` and ``invalidate``, shared by both wrappers.
+
+    No ``__dict__`` (empty ``__slots__``) and no annotations of its own: the wrappers must keep
+    forwarding ``__dict__`` and ``__annotations__`` to the function (``functools.wraps`` stacked
+    on top, ``vars()``, ``typing.get_type_hints``).
+    """
+
+    __slots__ = ()
+
+    def __copy__(self) -> Any:
+        return self  # as copy.copy does for functions
+
+    def __deepcopy__(self, memo: Any) -> Any:
+        return self
 
     def _bound_instance(self) -> Any:
         return None
@@ -544,6 +565,11 @@ class _BoundCachedFunction(_CacheMethods, wrapt.BoundFunctionWrapper):  # type: 
     def _self_engine(self) -> _Engine:  # type: ignore[override]
         return self._self_parent._self_engine  # type: ignore[no-any-return]
 
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        """Pickled as the method it is (``getattr(instance, name)``), as Python pickles bound methods."""
+        target = self._bound_instance()  # the instance, or the class of a classmethod
+        return (getattr, (self._self_owner if target is None else target, self.__wrapped__.__name__))
+
     def _bound_instance(self) -> Any:
         if self._self_binding == "classmethod":
             return getattr(self.__wrapped__, "__self__", None)
@@ -560,6 +586,14 @@ class CachedFunction(_CacheMethods, wrapt.FunctionWrapper):  # type: ignore[misc
     def _bound_instance(self) -> Any:
         wrapped = self.__wrapped__
         return wrapped.__self__ if inspect.ismethod(wrapped) else None
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        """Pickled by reference, as Python pickles functions: ``module.qualname``, which names this
+        cached function (multiprocessing and ``copy`` rely on it)."""
+        qualname = self.__wrapped__.__qualname__
+        if "<locals>" in qualname:
+            raise pickle.PicklingError(f"cannot pickle {self.__module__}.{qualname}: a function defined inside a function cannot be found by name")
+        return qualname
 
     def __init__(self, wrapped: Any, engine: _Engine) -> None:
         call = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime as dt
 import decimal
@@ -218,6 +219,10 @@ VALUES: dict[str, Callable[[], Any]] = {
     "pydantic-private": lambda: _with_private(),
     "pydantic-cached-property": lambda: _with_cached_property(),
     "anthropic": lambda: Message.model_validate(ANTHROPIC_MESSAGE),
+    "ordered-dict": lambda: collections.OrderedDict([("z", 1), ("a", [collections.OrderedDict(k=(1, 2))])]),
+    "counter": lambda: collections.Counter({"token": 3, ("tuple", "key"): 1}),
+    "defaultdict": lambda: collections.defaultdict(list, {"a": [1], 2: []}),
+    "defaultdict-no-factory": lambda: collections.defaultdict(None, {"a": 1}),
 }
 
 
@@ -225,6 +230,10 @@ def assert_same(a: Any, b: Any) -> None:
     """Equal, and of the same type all the way down (containers included)."""
     assert type(a) is type(b), (a, b)
     assert a == b
+    if isinstance(a, collections.OrderedDict):
+        assert list(a) == list(b)
+    if isinstance(a, collections.defaultdict):
+        assert a.default_factory is b.default_factory
     if isinstance(a, dict):
         for (ka, va), (kb, vb) in zip(sorted(a.items(), key=repr), sorted(b.items(), key=repr)):
             assert_same(ka, kb)
@@ -475,3 +484,10 @@ def test_every_call_returning_an_unstorable_value_warns(tmp_path: Path) -> None:
             cached("x")
     with pytest.warns(UncacheableValueWarning, match="Plain"):  # a new decoration of the same function
         build()("x")
+
+
+def test_defaultdict_with_a_function_factory_warns_and_is_not_stored(tmp_path: Path) -> None:
+    cached = make_cached("disk", tmp_path, lambda: collections.defaultdict(lambda: 0, {"a": 1}))
+    with pytest.warns(UncacheableValueWarning, match="default_factory"):
+        assert cached("x") == {"a": 1}
+    assert cached.cache_info().entries == 0
