@@ -134,7 +134,7 @@ class _Engine:
         try:
             data = store.get(self.function_id, key)
         except Exception as exc:
-            warn_once(store.location, "read", f"memollm: cannot read the cache at {store.location} ({exc}); treating lookups as misses")
+            _report(store, "read", f"memollm: cannot read the cache at {store.location} ({exc}); treating lookups as misses", exc)
             return _MISSING
         if data is None:
             return _MISSING
@@ -203,7 +203,7 @@ class _Engine:
         try:
             store.set(meta, data)
         except Exception as exc:
-            warn_once(store.location, "write", f"memollm: cannot write to the cache at {store.location} ({exc}); results are returned but not cached")
+            _report(store, "write", f"memollm: cannot write to the cache at {store.location} ({exc}); results are returned but not cached", exc)
 
     def miss_error(self, store: Optional[Store], key: str) -> CacheMiss:
         where = store.location if store is not None else cache_dir_for(self.cache_dir)
@@ -286,7 +286,9 @@ class _Engine:
         return self._after_lock(store, key, flight_key, event, lock)
 
     def _no_lock(self, store: Store, exc: Exception) -> None:
-        warn_once(store.location, "lock", f"memollm: cannot lock entries in {store.location} ({exc}); identical concurrent calls may each reach the provider")
+        # Reported as a write problem: a store that refuses locks (full, read-only) refuses the
+        # write that follows as well, and that is one problem, reported once.
+        _report(store, "write", f"memollm: cannot lock entries in {store.location} ({exc}); results are returned, but may not be cached, and identical concurrent calls may each reach the provider", exc)
 
     def _after_lock(self, store: Store, key: str, flight_key: str, event: Any, lock: Any) -> tuple[Any, Callable[[], None]]:
         released: list[bool] = []
@@ -488,7 +490,7 @@ class _Engine:
                     entries += 1
                     size += meta.size
             except Exception as exc:
-                warn_once(store.location, "list", f"memollm: cannot list the cache at {store.location} ({exc})")
+                _report(store, "list", f"memollm: cannot list the cache at {store.location} ({exc})", exc)
         c = self.counters
         return CacheInfo(c.hits, c.misses, entries, size, c.seconds_saved, c.tokens_saved)
 
@@ -498,7 +500,7 @@ class _Engine:
             try:
                 store.clear(self.function_id)
             except Exception as exc:
-                warn_once(store.location, "clear", f"memollm: cannot clear the cache at {store.location} ({exc})")
+                _report(store, "clear", f"memollm: cannot clear the cache at {store.location} ({exc})", exc)
         self.counters.reset()
 
     def invalidate(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
@@ -509,7 +511,7 @@ class _Engine:
         try:
             return store.delete(self.function_id, key)
         except Exception as exc:
-            warn_once(store.location, "delete", f"memollm: cannot delete from the cache at {store.location} ({exc})")
+            _report(store, "delete", f"memollm: cannot delete from the cache at {store.location} ({exc})", exc)
             return False
 
 
@@ -609,6 +611,11 @@ class CachedFunction(_CacheMethods, wrapt.FunctionWrapper):  # type: ignore[misc
         else:
             super().__init__(wrapped, call)
         self._self_engine = engine
+
+
+def _report(store: Store, problem: str, message: str, exc: BaseException) -> None:
+    """Report a store failure once; an unreachable store (Redis down) is one problem, whatever failed."""
+    warn_once(store.location, "unavailable" if isinstance(exc, ConnectionError) else problem, message)
 
 
 def _call_kind(func: Callable[..., Any]) -> str:

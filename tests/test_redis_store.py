@@ -343,10 +343,32 @@ def test_redis_down_fails_open_quickly():
         start = time.monotonic()
         answers = [ask(i) for i in range(20)]
         elapsed = time.monotonic() - start
+        ask.cache_info(), ask.invalidate(1), ask.cache_clear()  # the same problem: not reported again
     assert answers == [f"answer {i}" for i in range(20)] and len(calls) == 20
     assert elapsed < 2.0, elapsed
     problems = [w for w in caught if issubclass(w.category, CacheWarning)]
     assert len(problems) == 1 and "unreachable" in str(problems[0].message)
+
+
+def test_redis_refusing_writes_is_reported_once(url, client):
+    calls = []
+
+    @cache_llm(store=url)
+    def ask(prompt):
+        calls.append(prompt)
+        return f"answer {prompt}"
+
+    client.config_set("maxmemory", "1")  # every write is refused (OOM), reads still work
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            answers = [ask(i % 3) for i in range(9)]
+    finally:
+        client.config_set("maxmemory", "0")
+    assert answers == [f"answer {i % 3}" for i in range(9)] and len(calls) == 9
+    problems = [str(w.message) for w in caught if issubclass(w.category, CacheWarning)]
+    assert len(problems) == 1 and "maxmemory" in problems[0], problems
+    assert ask(0) == ask(0) and len(calls) == 10  # writes work again
 
 
 def test_redis_slow_fails_open_quickly():
