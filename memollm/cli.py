@@ -25,8 +25,8 @@ import warnings
 from typing import Any, Callable, Iterable, Optional, Sequence, TextIO
 
 from . import __version__
-from .codec import UndecodableValue
-from .config import default_cache_dir, secret_bytes
+from .codec import UndecodableValue, Unresolved
+from .config import default_cache_dir, parse_size, secret_bytes
 from .entry import CorruptEntry, EntryMeta, Stream, decode_body, read_meta
 from .stores.backend import STAGING_DIRNAME
 from .stores.base import PruneReport
@@ -288,6 +288,8 @@ def to_jsonable(value: Any) -> Any:
             return data.decode("utf-8")
         except UnicodeDecodeError:
             return {"base64": base64.b64encode(data).decode("ascii")}
+    if isinstance(value, Unresolved):
+        return {"__class__": value.class_name, **(to_jsonable(value.data) if isinstance(value.data, dict) else {"value": to_jsonable(value.data)})}
     if hasattr(value, "model_dump") and callable(value.model_dump):
         try:
             return to_jsonable(value.model_dump(mode="json"))
@@ -303,6 +305,8 @@ def to_jsonable(value: Any) -> Any:
 
 
 def type_name(value: Any) -> str:
+    if isinstance(value, Unresolved):
+        return value.class_name
     t = type(value)
     return t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
 
@@ -445,7 +449,10 @@ def cmd_show(args: argparse.Namespace) -> int:
         raise CliError(f"entry {row.key} is listed but its file is gone (run `memollm prune`)")
     try:
         meta, body = read_meta(data, secret_bytes(None))
-        value = decode_body(meta, body)
+        try:
+            value = decode_body(meta, body)
+        except UndecodableValue:  # classes this command has not imported (it imports none)
+            value = decode_body(meta, body, display=True)
     except (CorruptEntry, UndecodableValue) as exc:
         raise CliError(f"entry {row.key} cannot be read safely: {exc}") from None
     now = time.time()
@@ -503,7 +510,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
             expired = [r for r in cache.rows() if r.meta.expired(now)] if _isatty(sys.stderr) else []
             if _wants_progress(len(expired)):
                 removed, freed = delete_each(cache, expired, "pruning")
-            report = cache.store.prune()
+            report = cache.store.prune(max_size=args.max_size)
             report.entries += removed
             report.bytes += freed
     found = dataclasses.asdict(report)
@@ -513,10 +520,11 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if not any(found.values()):
         sys.stdout.write(f"nothing to prune in {cache.path}\n")
         return EXIT_OK
-    extra = "".join(f", {name}: {value}" for name, value in found.items() if name not in ("entries", "leftovers", "bytes") and value)
+    what = "expired or over --max-size" if args.max_size else "expired"
+    stale = f", {report.stale_rows} stale index {'row' if report.stale_rows == 1 else 'rows'}" if report.stale_rows else ""
     sys.stdout.write(
-        f"pruned {report.entries} expired {'entry' if report.entries == 1 else 'entries'} and {report.leftovers} "
-        f"{'leftover' if report.leftovers == 1 else 'leftovers'}{extra} from {cache.path}, freed {human_size(report.bytes)}\n"
+        f"pruned {report.entries} {what} {'entry' if report.entries == 1 else 'entries'}, {report.leftovers} "
+        f"{'leftover' if report.leftovers == 1 else 'leftovers'}{stale} from {cache.path}, freed {human_size(report.bytes)}\n"
     )
     return EXIT_OK
 
@@ -553,6 +561,15 @@ def _cleared(args: argparse.Namespace, path: str, function: Optional[str], remov
         what = f" of {function}" if function else ""
         sys.stdout.write(f"deleted {removed} {'entry' if removed == 1 else 'entries'}{what} ({human_size(size)}) from {path}\n")
     return EXIT_OK
+
+
+def _size_argument(text: str) -> int:
+    try:
+        size = parse_size(int(text) if text.isdigit() else text, "--max-size")
+    except (TypeError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    assert size is not None
+    return size
 
 
 def _confirm(question: str) -> bool:
@@ -613,7 +630,14 @@ def build_parser() -> argparse.ArgumentParser:
     add("ls", cmd_ls, "list entries: function, key, created, expires, size, hits", [as_json, by_function])
     show = add("show", cmd_show, "show one entry (a stream as its chunks)", [as_json])
     show.add_argument("key", metavar="KEY", help="the entry's key, or a unique prefix of it")
-    add("prune", cmd_prune, "remove expired entries and leftovers of interrupted writes", [as_json])
+    prune = add("prune", cmd_prune, "remove expired entries and leftovers of interrupted writes", [as_json])
+    prune.add_argument(
+        "--max-size",
+        type=_size_argument,
+        metavar="SIZE",
+        help="also evict least recently used entries until the dir holds at most SIZE (bytes, or e.g. 500MB); "
+        "default: the max_size last configured for this dir",
+    )
     clear = add("clear", cmd_clear, "delete every entry, or those of one function", [as_json, by_function])
     clear.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     demo = add("demo", cmd_demo, "run a simulated provider through @cache_llm and show the speed-up", [])

@@ -280,14 +280,33 @@ def _resolve_type(ref: Any) -> Any:
     raise UndecodableValue(f"malformed type reference {ref!r}")
 
 
-def _decode_ext(code: int, data: bytes, allow_pickle: bool) -> Any:
-    unpack = _unpack_pickle if allow_pickle else _unpack_safe
+@dataclasses.dataclass
+class Unresolved:
+    """A value of a class that was not looked up, by the class's name and its stored data: what
+    ``decode_for_display`` gives (``memollm show``), never an instance of the class."""
+
+    class_name: str
+    data: Any
+
+
+_DISPLAY = "display"
+
+
+def _decode_ext(code: int, data: bytes, how: Any) -> Any:
+    """One tagged value; ``how``: ``False`` (safe), ``True`` (pickle allowed) or ``_DISPLAY``."""
+    unpack = _unpackers[how]
     if code == EXT_TUPLE:
         return tuple(unpack(data))
     if code in (EXT_PYDANTIC, EXT_DATACLASS, EXT_ENUM, EXT_MODEL):
-        unpacker = msgpack.Unpacker(None, ext_hook=_hooks[allow_pickle], raw=False, strict_map_key=False)
+        unpacker = msgpack.Unpacker(None, ext_hook=_hooks[how], raw=False, strict_map_key=False)
         unpacker.feed(data)
         ref = next(unpacker)
+        if how == _DISPLAY:
+            name = f"{ref[0]}.{ref[1]}" if isinstance(ref, list) and len(ref) >= 2 else repr(ref)
+            if code == EXT_ENUM:
+                return Unresolved(name, ref[2] if len(ref) > 2 else None)
+            fields = next(unpacker)
+            return Unresolved(name, fields[0] if code == EXT_MODEL and isinstance(fields, list) and fields else fields)
         if code == EXT_ENUM:
             cls = resolve_class(ref[0], ref[1])
             if not issubclass(cls, enum.Enum):
@@ -362,9 +381,12 @@ def _decode_ext(code: int, data: bytes, allow_pickle: bool) -> Any:
         return collections.Counter(dict(_pairs(unpack(data))))
     if code == EXT_DEFAULT_DICT:
         factory_ref, pairs = unpack(data)
-        return collections.defaultdict(None if factory_ref is None else resolve_ref(factory_ref), _pairs(pairs))
+        factory = None if factory_ref is None or how == _DISPLAY else resolve_ref(factory_ref)
+        return collections.defaultdict(factory, _pairs(pairs))
     if code == EXT_PICKLE:
-        if not allow_pickle:
+        if how == _DISPLAY:
+            return Unresolved("pickle", f"{len(data)} bytes, not unpickled")
+        if not how:
             raise UndecodableValue("entry holds a pickled value; it is loaded only with cache_llm(allow_pickle=True)")
         return pickle.loads(data)
     raise UndecodableValue(f"unknown value tag {code}")
@@ -379,6 +401,7 @@ def _pairs(items: Any) -> list[tuple[Any, Any]]:
 _hooks = {
     False: lambda code, data: _decode_ext(code, data, False),
     True: lambda code, data: _decode_ext(code, data, True),
+    _DISPLAY: lambda code, data: _decode_ext(code, data, _DISPLAY),
 }
 
 
@@ -388,6 +411,24 @@ def _unpack_safe(data: "bytes | memoryview") -> Any:
 
 def _unpack_pickle(data: "bytes | memoryview") -> Any:
     return msgpack.unpackb(data, ext_hook=_hooks[True], raw=False, strict_map_key=False)
+
+
+def _unpack_display(data: "bytes | memoryview") -> Any:
+    return msgpack.unpackb(data, ext_hook=_hooks[_DISPLAY], raw=False, strict_map_key=False)
+
+
+_unpackers = {False: _unpack_safe, True: _unpack_pickle, _DISPLAY: _unpack_display}
+
+
+def decode_for_display(data: "bytes | memoryview") -> Any:
+    """Like ``decode``, but values of classes are not looked up: each is an ``Unresolved`` with
+    its class name and data (for showing an entry whose classes this program has not imported)."""
+    try:
+        return _unpack_display(data)
+    except UndecodableValue:
+        raise
+    except Exception as exc:
+        raise UndecodableValue(f"malformed value: {exc}") from exc
 
 
 def decode(data: "bytes | memoryview", allow_pickle: bool = False) -> Any:

@@ -23,6 +23,7 @@ from .report import warn_once, warn_uncacheable
 from .stats import CacheInfo, Counters, tokens_of
 from .stores.base import Store
 from .stores.memory import SHARED_MEMORY_STORE
+from .trust import UntrustedCacheDir
 
 F = TypeVar("F", bound=Callable[..., Any])
 _MISSING = object()
@@ -614,8 +615,13 @@ class CachedFunction(_CacheMethods, wrapt.FunctionWrapper):  # type: ignore[misc
 
 
 def _report(store: Store, problem: str, message: str, exc: BaseException) -> None:
-    """Report a store failure once; an unreachable store (Redis down) is one problem, whatever failed."""
-    warn_once(store.location, "unavailable" if isinstance(exc, ConnectionError) else problem, message)
+    """Report a store failure once; an unreachable store (Redis down) or a dir that became untrusted
+    is one problem, whatever failed."""
+    if isinstance(exc, ConnectionError):
+        problem = "unavailable"
+    elif isinstance(exc, UntrustedCacheDir):
+        problem = "untrusted"
+    warn_once(store.location, problem, message)
 
 
 def _call_kind(func: Callable[..., Any]) -> str:

@@ -149,9 +149,12 @@ def read_meta(data: bytes, secret: Optional[bytes] = None) -> tuple[EntryMeta, m
     return meta, view[start + header_len : body_end]
 
 
-def decode_body(meta: EntryMeta, body: memoryview, allow_pickle: bool = False) -> Any:
-    """The value, or a ``Stream``, held by an entry (``codec.UndecodableValue`` on failure)."""
-    value = codec.decode(body, allow_pickle)
+def decode_body(meta: EntryMeta, body: memoryview, allow_pickle: bool = False, display: bool = False) -> Any:
+    """The value, or a ``Stream``, held by an entry (``codec.UndecodableValue`` on failure).
+
+    ``display``: classes are not looked up (``codec.decode_for_display``), for showing an entry.
+    """
+    value = codec.decode_for_display(body) if display else codec.decode(body, allow_pickle)
     if meta.kind == KIND_STREAM:
         chunks, result, offsets = value
         return Stream(chunks, result, offsets)

@@ -10,7 +10,7 @@ import contextlib
 import contextvars
 import enum
 import os
-from typing import Any, Iterator, Optional, Union
+from typing import Any, ContextManager, Iterator, Optional, Union
 
 MODE_ENV = "MEMOLLM_MODE"
 
@@ -50,17 +50,21 @@ def parse_mode(value: Union[str, Mode], source: str = "mode") -> Mode:
     raise ValueError(f"{source}={value!r} is not a memollm cache mode; use one of: {', '.join(VALID_MODES)}")
 
 
-@contextlib.contextmanager
-def cache_mode(mode: Union[str, Mode]) -> Iterator[Mode]:
+def cache_mode(mode: Union[str, Mode]) -> ContextManager[Mode]:
     """Use ``mode`` for every cached call in this block (and in asyncio tasks started in it).
 
     It is a context variable: new threads start without it (they see ``MEMOLLM_MODE`` or the
-    decorator's mode) unless run through ``contextvars.copy_context().run``.
+    decorator's mode) unless run through ``contextvars.copy_context().run``. An unknown mode
+    raises ``ValueError`` here, before the block.
     """
-    parsed = parse_mode(mode)
-    token = _context_mode.set(parsed)
+    return _mode_block(parse_mode(mode))
+
+
+@contextlib.contextmanager
+def _mode_block(mode: Mode) -> Iterator[Mode]:
+    token = _context_mode.set(mode)
     try:
-        yield parsed
+        yield mode
     finally:
         _context_mode.reset(token)
 

@@ -141,6 +141,67 @@ def test_show_stream_as_chunks(cache, capsys):
     assert doc["chunks"] == ["Hel", "lo", "!"] and doc["result"] == "done" and doc["kind"] == "stream"
 
 
+RECORD_FOREIGN = """
+import dataclasses, enum, sys
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from memollm import cache_llm
+
+class Mood(enum.Enum):
+    CALM = "calm"
+
+@dataclasses.dataclass
+class Verdict:
+    label: str
+    mood: Mood
+
+@cache_llm(cache_dir=sys.argv[1])
+def complete(prompt):
+    return ChatCompletion.model_validate({
+        "id": "c1", "object": "chat.completion", "created": 1, "model": "gpt-test",
+        "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "Hi " + prompt}}],
+    })
+
+@cache_llm(cache_dir=sys.argv[1])
+def judge(prompt):
+    return Verdict(prompt, Mood.CALM)
+
+@cache_llm(cache_dir=sys.argv[1])
+def stream(prompt):
+    for word in ("Hi", " there"):
+        yield ChatCompletionChunk.model_validate({
+            "id": "s1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-test",
+            "choices": [{"index": 0, "delta": {"content": word}}],
+        })
+
+complete("Ann"), judge("fine"), list(stream("x"))
+print(complete.cache_key("Ann"), judge.cache_key("fine"), stream.cache_key("x"))
+"""
+
+
+def test_show_entries_of_classes_the_cli_has_not_imported(tmp_path):
+    """SDK responses, dataclasses and enums of the recording program are shown by their data."""
+    script = tmp_path / "record.py"
+    script.write_text(RECORD_FOREIGN)
+    cache_dir = str(tmp_path / "cache")
+    done = subprocess.run([sys.executable, str(script), cache_dir], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    completion_key, verdict_key, stream_key = done.stdout.split()
+
+    shown = run_cli("show", completion_key, "--cache-dir", cache_dir)
+    assert shown.returncode == 0, shown.stderr
+    assert "openai.types.chat.chat_completion.ChatCompletion" in shown.stdout and "Hi Ann" in shown.stdout
+    doc = json.loads(run_cli("show", completion_key, "--cache-dir", cache_dir, "--json").stdout)
+    assert doc["type"] == "openai.types.chat.chat_completion.ChatCompletion"
+    assert doc["value"]["choices"][0]["message"]["content"] == "Hi Ann"
+
+    doc = json.loads(run_cli("show", verdict_key, "--cache-dir", cache_dir, "--json").stdout)
+    assert doc["value"] == {"__class__": "__main__.Verdict", "label": "fine", "mood": {"__class__": "__main__.Mood", "value": "calm"}}
+
+    shown = run_cli("show", stream_key, "--cache-dir", cache_dir)
+    assert shown.returncode == 0, shown.stderr
+    assert "2 chunks" in shown.stdout and '"Hi"' in shown.stdout and '" there"' in shown.stdout
+
+
 @pytest.mark.parametrize("key", ["0" * 32, "not-a-key"])
 def test_show_unknown_key_is_one_line_error(cache, capsys, key):
     code, out, err = call(capsys, "show", key, "--cache-dir", cache["dir"])

@@ -405,7 +405,7 @@ def test_prune_does_not_walk_the_entries(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setattr(disk, "ORPHAN_CHECK_BATCH", 2)
     store = DiskStore(cache_dir)
     try:
-        removed = [store.prune().entries for _ in range(4)]
+        removed = [store.prune().stale_rows for _ in range(4)]
         assert sum(removed) == 3 and max(removed) <= 2  # two rows looked at per prune, wrapping around
         assert store.count() == 2
     finally:

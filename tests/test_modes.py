@@ -108,8 +108,7 @@ def test_default_mode_is_readwrite(tmp_path):
 @pytest.mark.parametrize("bad", ["fast", "", "read-only", 3])
 def test_unknown_mode_lists_valid_ones(tmp_path, bad):
     with pytest.raises(ValueError) as info:
-        with cache_mode(bad):
-            pass
+        cache_mode(bad)  # at the call, before any block is entered
     for mode in ("readwrite", "readonly", "refresh", "offline", "off"):
         assert mode in str(info.value)
     with pytest.raises(ValueError):

@@ -202,6 +202,21 @@ def test_entries_of_a_dir_made_untrusted_are_not_served(tmp_path: Path) -> None:
     assert result["calls"] == 2 and len(result["warnings"]) == 1
 
 
+def test_a_dir_made_untrusted_while_in_use_is_bypassed_in_the_same_process(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    c = Counted(cache_dir=cache)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert c.f("x") == "answer to x"  # stored
+        cache.chmod(0o777)  # anyone could plant entries from now on
+        assert c.f("x") == "answer to x" and c.f("y") == "answer to y"
+        assert c.f("y") == "answer to y"
+    assert c.calls == 4  # nothing read from the dir, nothing written to it after the chmod
+    problems = [str(w.message) for w in caught if issubclass(w.category, CacheWarning)]
+    assert len(problems) == 1 and "not trusted" in problems[0], problems
+    assert len(list(cache.rglob("output.msgpack"))) == 1
+
+
 # -- crafted files never execute code --------------------------------------------------------
 
 

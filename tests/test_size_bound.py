@@ -112,6 +112,22 @@ def test_prune_enforces_max_size(tmp_path: Path) -> None:
     assert bounded.stored("k5")  # the most recently used survive
 
 
+def test_prune_max_size_option_bounds_a_dir_without_a_configured_limit(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    unbounded = Sized(cache)
+    for i in range(6):
+        unbounded.f(f"k{i}")
+    unbounded.f("k0")  # now the most recently used
+    prune = [sys.executable, "-m", "memollm", "prune", "--cache-dir", str(cache)]
+    out = subprocess.run([*prune, "--max-size", "200kB", "--json"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["entries"] >= 2
+    assert disk_bytes(cache) <= 200_000
+    assert unbounded.stored("k0") and unbounded.stored("k5")
+    bad = subprocess.run([*prune, "--max-size", "lots"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--max-size" in bad.stderr and "Traceback" not in bad.stderr
+
+
 def test_a_value_larger_than_max_size_is_returned_but_not_kept(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     s = Sized(cache, max_size=40_000)

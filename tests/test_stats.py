@@ -137,3 +137,20 @@ def test_stats_persist_across_runs_for_the_cli(tmp_path):
         ).stdout
     )
     assert sorted(entry["hits"] for entry in listed) == [1, 5]
+
+
+def test_the_cli_sees_the_calls_of_a_running_process(tmp_path):
+    """Usage is flushed in the background within a fraction of a second: no flush call needed."""
+
+    @cache_llm(cache_dir=tmp_path)
+    def complete(prompt):
+        return {"text": prompt, "usage": {"total_tokens": 4}}
+
+    complete("a"), complete("a"), complete("a")
+    report = json.loads(
+        subprocess.run(
+            [sys.executable, "-m", "memollm", "stats", "--cache-dir", str(tmp_path), "--json"],
+            check=True, capture_output=True, text=True, timeout=60,
+        ).stdout
+    )
+    assert (report["hits"], report["misses"], report["tokens_saved"]) == (2, 1, 8)

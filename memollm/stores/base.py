@@ -13,9 +13,10 @@ from ..entry import EntryMeta
 class PruneReport:
     """What ``Store.prune`` removed."""
 
-    entries: int = 0
+    entries: int = 0  #: expired entries, and entries evicted to respect max_size
     bytes: int = 0
-    leftovers: int = 0
+    leftovers: int = 0  #: temporary files of interrupted writes
+    stale_rows: int = 0  #: index rows whose entry file was gone
 
 
 class Store(abc.ABC):

@@ -13,6 +13,7 @@ import joblib
 
 from ..entry import CorruptEntry, EntryMeta, read_meta
 from ..report import warn_once
+from ..trust import check_trusted
 from .backend import ITEM_FILENAME, STAGING_DIRNAME, call_id, function_dirname, make_private_dirs
 from .base import PruneReport, Store
 from .index import INDEX_FILENAME, Index
@@ -39,6 +40,7 @@ DEAD_WRITER_AGE = 1.0  # ... or sooner, if its writer's pid is no longer running
 ORPHAN_CHECK_BATCH = 10_000  # index rows checked for a missing file per prune (a rolling window)
 INDEX_PAUSE = 30.0  # seconds the index is left alone after it stayed locked for a whole busy timeout
 PENDING_MAX = 10_000  # index updates remembered while it is paused or failing
+TRUST_RECHECK = 1.0  # seconds an entry held in memory is served before the dir's mode is checked again
 
 
 class DiskStore(Store):
@@ -62,6 +64,7 @@ class DiskStore(Store):
         self._recent: dict[str, tuple[tuple[int, int, int], bytes]] = {}
         self._recent_bytes = 0
         self._function_dirs: dict[str, str] = {}
+        self._trusted_until = 0.0  # see check_trusted
 
     def _write_gitignore(self) -> None:
         path = os.path.join(self.location, ".gitignore")
@@ -176,7 +179,10 @@ class DiskStore(Store):
         signature = (st.st_ino, st.st_size, st.st_mtime_ns)
         recent = self._recent.get(path)
         if recent is not None and recent[0] == signature:
+            if time.monotonic() >= self._trusted_until:
+                self.check_trusted()
             return recent[1]
+        self.check_trusted()
         try:
             with open(path, "rb") as f:  # the backend's load_item, minus rebuilding the path
                 data = f.read()
@@ -185,6 +191,13 @@ class DiskStore(Store):
         if len(data) == st.st_size and len(data) <= RECENT_ITEM_MAX:
             self._remember(path, signature, data)
         return data
+
+    def check_trusted(self) -> None:
+        """Raise ``UntrustedCacheDir`` if the dir's owner or mode changed to untrusted since it was
+        opened. Every entry read from disk and every write checks (one ``stat``); entries already
+        in memory re-check at most every ``TRUST_RECHECK`` seconds."""
+        check_trusted(self.location)
+        self._trusted_until = time.monotonic() + TRUST_RECHECK
 
     def _remember(self, path: str, signature: tuple[int, int, int], data: bytes) -> None:
         if self._recent_bytes + len(data) > RECENT_BYTES_MAX:
@@ -199,6 +212,7 @@ class DiskStore(Store):
     def set(self, meta: EntryMeta, data: bytes) -> None:
         if self.max_size is not None and len(data) > self.max_size:
             return  # it would evict everything else and still not fit
+        self.check_trusted()
         self.backend.dump_item(call_id(meta.function, meta.key), data)
         meta.size = len(data)
         self._with_index(lambda: self._index_and_evict(meta), lambda: self._note_pending(meta.function, meta.key))
@@ -268,7 +282,9 @@ class DiskStore(Store):
     def count(self, function: Optional[str] = None) -> int:
         return self._with_index(lambda: self.index.count(function), lambda: sum(1 for _ in self._scan(function)))
 
-    def prune(self) -> PruneReport:
+    def prune(self, max_size: Optional[int] = None) -> PruneReport:
+        """Remove expired entries, least recently used ones beyond ``max_size`` (default: the
+        last one configured for this dir), leftovers of interrupted writes and stale index rows."""
         report = PruneReport()
         now = time.time()
 
@@ -284,12 +300,12 @@ class DiskStore(Store):
                     return
 
         self._with_index(expire, lambda: None)
-        limit = self.max_size or self._with_index(lambda: self.index.get_info("max_size"), lambda: None)
+        limit = max_size or self.max_size or self._with_index(lambda: self.index.get_info("max_size"), lambda: None)
         if limit:
             evicted = self._with_index(lambda: self.evict(int(limit)), PruneReport)
             report.entries += evicted.entries
             report.bytes += evicted.bytes
-        report.entries += self._with_index(self._drop_orphan_rows, lambda: 0)
+        report.stale_rows += self._with_index(self._drop_orphan_rows, lambda: 0)
         for path in self.backend.iter_leftovers(now - LEFTOVER_AGE, now - DEAD_WRITER_AGE):
             try:
                 size = os.stat(path).st_size

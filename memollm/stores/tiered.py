@@ -136,7 +136,9 @@ class TieredStore(Store):
 
     def prune(self) -> PruneReport:
         local, remote = self.local.prune(), self.remote.prune()
-        return PruneReport(local.entries + remote.entries, local.bytes + remote.bytes, local.leftovers + remote.leftovers)
+        return PruneReport(
+            local.entries + remote.entries, local.bytes + remote.bytes, local.leftovers + remote.leftovers, local.stale_rows + remote.stale_rows
+        )
 
     def close(self) -> None:
         self.remote.close()

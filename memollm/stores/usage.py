@@ -1,7 +1,8 @@
 """Usage of a cache dir: per-entry hits and last access, per-function counters, kept in the index.
 
 Hits happen on the fast path, so they are buffered in memory and written by a background
-thread in one transaction about once a second (and at exit): a hit never waits for SQLite.
+thread in one transaction ten times a second (and at exit): a hit never waits for SQLite, and
+``memollm stats`` run right after a call already sees it.
 The counters persist across runs so ``memollm stats`` can report them, and ``last_access``
 drives least-recently-used eviction.
 """
@@ -17,7 +18,8 @@ from typing import Any, Optional
 
 from .index import Index, _transaction
 
-FLUSH_INTERVAL = 1.0
+FLUSH_INTERVAL = 0.1
+
 
 class UsageLog:
     """Buffered writer of hits/misses into an ``Index``."""
