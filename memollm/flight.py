@@ -167,7 +167,7 @@ def _start(path: str) -> tuple[Optional[FileLock], bool]:
             return lock, True
     except OSError as exc:
         lock.release()
-        location = os.path.dirname(os.path.dirname(os.path.dirname(path)))
+        location = os.path.dirname(os.path.dirname(path))  # <cache dir>/locks/<key>.lock
         warn_once(
             location,
             "write",

@@ -86,7 +86,7 @@ def test_cache_dirs_are_0700_and_files_0600(tmp_path: Path) -> None:
     files = all_files(cache)
     names = {p.name for p in files}
     assert {"index.sqlite3", ".gitignore", "output.msgpack"} <= names
-    assert (cache / "locks").is_dir()  # leaders remove their lock files; the shard dirs stay
+    assert (cache / "locks").is_dir()  # leaders remove their lock files; the dir stays
     assert (tmp_path / "new").stat().st_mode & 0o777 == 0o700
     for d in dirs:
         assert stat.S_IMODE(d.stat().st_mode) == 0o700, d
@@ -232,7 +232,7 @@ def test_lock_files_are_0600_while_held(tmp_path: Path) -> None:
 
     from memollm import flight
 
-    path = str(tmp_path / "cache" / "locks" / "ab" / ("ab" * 16 + ".lock"))
+    path = str(tmp_path / "cache" / "locks" / ("ab" * 16 + ".lock"))
     lock = flight.lock_file(path, time.monotonic() + 1)
     assert lock is not None
     try:

@@ -330,7 +330,7 @@ class DiskStore(Store):
 
     def lock_path(self, key: str) -> str:
         """The per-key lock file used for single flight across processes (``flight`` makes its directory)."""
-        return os.path.join(self.location, LOCKS_DIRNAME, key[:2], key + ".lock")
+        return os.path.join(self.location, LOCKS_DIRNAME, key + ".lock")  # flat: holders remove them
 
     def close(self) -> None:
         self.usage.flush()
