@@ -622,7 +622,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def add(name: str, handler: Callable[[argparse.Namespace], int], help: str, parents: list[argparse.ArgumentParser]) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help, description=help, parents=[common, *parents])
+        p = sub.add_parser(name, help=help, description=help, parents=parents if name == "demo" else [common, *parents])
         p.set_defaults(handler=handler)
         return p
 
@@ -642,12 +642,18 @@ def build_parser() -> argparse.ArgumentParser:
     clear.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     demo = add("demo", cmd_demo, "run a simulated provider through @cache_llm and show the speed-up", [])
     demo.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        default=argparse.SUPPRESS,
+        help="keep the demo's entries in DIR (default: a temporary dir, removed afterwards; "
+        "$MEMOLLM_CACHE_DIR is not used)",
+    )
+    demo.add_argument(
         "--latency-scale",
         type=float,
         metavar="X",
         default=None,
-        help="multiply the simulated latency (default: $MEMOLLM_DEMO_LATENCY or 1); "
-        "with --cache-dir the entries are kept there, otherwise a temporary dir is used and removed",
+        help="multiply the simulated latency (default: $MEMOLLM_DEMO_LATENCY or 1)",
     )
     return parser
 

@@ -183,7 +183,7 @@ class _Engine:
             data = encode_value(meta, value, self.secret, self.allow_pickle)
         except UnencodableValue as exc:
             kind = type(value).__qualname__
-            warn_uncacheable(self.function_id, "unencodable:" + kind, f"memollm: {self.function_id} returned a {kind} that was not cached: {exc}")
+            warn_uncacheable(self.function_id, "unencodable:" + kind, f"memollm: {self.function_id} returned a value of type {kind} that was not cached: {exc}")
             return
         self.write(store, meta, data)
 

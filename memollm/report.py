@@ -15,6 +15,9 @@ import warnings
 from .errors import CacheWarning, UncacheableValueWarning
 
 logger = logging.getLogger("memollm")
+# A library's logger: records reach the handlers an application configures, and nothing is
+# printed when it configures none (the warnings module already shows each problem).
+logger.addHandler(logging.NullHandler())
 _seen: set[tuple[str, str]] = set()
 _lock = threading.Lock()
 

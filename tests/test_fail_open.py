@@ -404,3 +404,17 @@ def test_offline_cache_miss_is_raised_when_the_disk_is_full(tmp_path: Path, monk
         with pytest.raises(CacheMiss):
             p.answer("q")
         assert p.answer("warm") == "warm:" + "x" * 10
+
+
+def test_a_problem_is_printed_once_by_a_script_that_configures_no_logging(tmp_path: Path) -> None:
+    script = (
+        "import sys, threading\n"
+        "from memollm import cache_llm\n"
+        "@cache_llm(cache_dir=sys.argv[1])\n"
+        "def f(x):\n"
+        "    return threading.Lock()\n"
+        "f(1)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "cache")], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("was not cached") == 1, done.stderr  # the warning, not also a log line

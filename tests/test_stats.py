@@ -154,3 +154,46 @@ def test_the_cli_sees_the_calls_of_a_running_process(tmp_path):
         ).stdout
     )
     assert (report["hits"], report["misses"], report["tokens_saved"]) == (2, 1, 8)
+
+
+def cli_json(*args):
+    done = subprocess.run([sys.executable, "-m", "memollm", *args, "--json"], check=True, capture_output=True, text=True, timeout=60)
+    return json.loads(done.stdout)
+
+
+def test_misses_counted_before_a_new_dir_has_its_index_are_kept(tmp_path):
+    """The first call of a new cache dir is a miss counted while the provider still works: no
+    index exists yet to write it to, and the count must wait for it rather than be lost."""
+
+    @cache_llm(cache_dir=tmp_path)
+    def slow(prompt):
+        time.sleep(0.3)  # several background flushes happen meanwhile
+        return prompt
+
+    slow("a"), slow("a")
+    time.sleep(0.3)
+    report = cli_json("stats", "--cache-dir", str(tmp_path))
+    assert (report["hits"], report["misses"]) == (1, 1)
+
+
+def test_hits_of_a_deleted_entry_are_not_credited_to_its_successor(tmp_path):
+    @cache_llm(cache_dir=tmp_path)
+    def complete(prompt):
+        return prompt
+
+    @cache_llm(cache_dir=tmp_path)
+    def summarize(prompt):
+        return prompt
+
+    @cache_llm(cache_dir=tmp_path)
+    def other(prompt):
+        return prompt
+
+    for _ in range(3):
+        complete("a"), summarize("s"), other("b")  # two hits each, still buffered
+    assert complete.invalidate("a")
+    summarize.cache_clear()
+    complete("a"), summarize("s")  # recorded again: new entries, never read
+    time.sleep(0.3)
+    hits = {entry["key"]: entry["hits"] for entry in cli_json("ls", "--cache-dir", str(tmp_path))}
+    assert hits == {complete.cache_key("a"): 0, summarize.cache_key("s"): 0, other.cache_key("b"): 2}

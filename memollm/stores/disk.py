@@ -258,6 +258,7 @@ class DiskStore(Store):
         self.usage.miss(function)
 
     def delete(self, function: str, key: str) -> bool:
+        self.usage.forget(key=key)
         cid = call_id(function, key)
         existed = self.backend.contains_item(cid)
         self.backend.clear_item(cid)
@@ -265,6 +266,7 @@ class DiskStore(Store):
         return existed
 
     def clear(self, function: Optional[str] = None) -> int:
+        self.usage.forget(function=function)
         removed = sum(1 for _ in self.backend.iter_item_paths(function))
         root = self.backend.location
         targets = [os.path.join(root, function_dirname(function))] if function else _children(root)

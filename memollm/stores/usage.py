@@ -14,7 +14,7 @@ import os
 import threading
 import time
 import weakref
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from .index import Index, _transaction
 
@@ -27,7 +27,7 @@ class UsageLog:
     def __init__(self, index: Index) -> None:
         self.index = index
         self._lock = threading.Lock()
-        self._entry_hits: dict[str, list[Any]] = {}  # key -> [hits, last access]
+        self._entry_hits: dict[str, list[Any]] = {}  # key -> [hits, last access, function]
         self._functions: dict[str, list[Any]] = {}  # function -> [hits, misses, seconds, tokens]
         self._hits: list[tuple[str, str, float, int, float]] = []
         _live_logs.add(self)
@@ -44,19 +44,13 @@ class UsageLog:
             self._functions.setdefault(function, [0, 0, 0.0, 0])[1] += 1
 
     def flush(self) -> None:
-        """Write what is buffered; on failure keep nothing (usage figures are best effort)."""
+        """Write what is buffered. While the index does not exist yet (a new cache dir, before
+        its first entry is written) the tallies are kept for a later flush; on any other failure
+        they are dropped (usage figures are best effort)."""
         with self._lock:
-            hits, self._hits = self._hits, []
+            self._tally()
             entry_hits, self._entry_hits = self._entry_hits, {}
             functions, self._functions = self._functions, {}
-        for function, key, duration, tokens, when in hits:
-            entry = entry_hits.setdefault(key, [0, when])
-            entry[0] += 1
-            entry[1] = max(entry[1], when)
-            counters = functions.setdefault(function, [0, 0, 0.0, 0])
-            counters[0] += 1
-            counters[2] += duration
-            counters[3] += tokens
         if not entry_hits and not functions:
             return
         try:
@@ -64,7 +58,7 @@ class UsageLog:
             with _transaction(conn):
                 conn.executemany(
                     "UPDATE entries SET hits = hits + ?, last_access = MAX(last_access, ?) WHERE key = ?",
-                    [(h, t, k) for k, (h, t) in entry_hits.items()],
+                    [(h, t, k) for k, (h, t, _) in entry_hits.items()],
                 )
                 conn.executemany(
                     "INSERT INTO stats (function, hits, misses, seconds_saved, tokens_saved) VALUES (?,?,?,?,?) "
@@ -72,8 +66,48 @@ class UsageLog:
                     "seconds_saved = seconds_saved + excluded.seconds_saved, tokens_saved = tokens_saved + excluded.tokens_saved",
                     [(f, *c) for f, c in functions.items()],
                 )
+        except FileNotFoundError:  # no index yet (flushes never create one): keep the tallies
+            self._keep(entry_hits, functions)
         except Exception:  # usage is an accelerator's bookkeeping: never worth failing a call
             pass
+
+    def _keep(self, entry_hits: dict[str, list[Any]], functions: dict[str, list[Any]]) -> None:
+        """Merge tallies back into the buffer (bounded: one item per key and per function)."""
+        with self._lock:
+            for key, (hits, when, function) in entry_hits.items():
+                entry = self._entry_hits.setdefault(key, [0, when, function])
+                entry[0] += hits
+                entry[1] = max(entry[1], when)
+            for function, counters in functions.items():
+                mine = self._functions.setdefault(function, [0, 0, 0.0, 0])
+                for i, value in enumerate(counters):
+                    mine[i] += value
+
+    def _tally(self, credit_entry: Optional[Callable[[str, str], bool]] = None) -> None:
+        """Move the raw hits into the per-entry and per-function tallies (under ``_lock``);
+        ``credit_entry(function, key)`` false: count the hit for the function only."""
+        hits, self._hits = self._hits, []
+        for function, key, duration, tokens, when in hits:
+            if credit_entry is None or credit_entry(function, key):
+                entry = self._entry_hits.setdefault(key, [0, when, function])
+                entry[0] += 1
+                entry[1] = max(entry[1], when)
+            counters = self._functions.setdefault(function, [0, 0, 0.0, 0])
+            counters[0] += 1
+            counters[2] += duration
+            counters[3] += tokens
+
+    def forget(self, function: Optional[str] = None, key: Optional[str] = None) -> None:
+        """Drop the buffered per-entry hits of entries being deleted (one key, a function's, or
+        all), so they are not credited to an entry recorded again under the same key. The
+        function's counters keep them: those hits did happen."""
+        with self._lock:
+            self._tally(lambda f, k: (function is not None and f != function) or (key is not None and k != key))
+            self._entry_hits = {
+                k: entry
+                for k, entry in self._entry_hits.items()
+                if (function is not None and entry[2] != function) or (key is not None and k != key)
+            }
 
     def totals(self, function: Optional[str] = None) -> list[dict[str, Any]]:
         """Persisted counters per function (after flushing this process's buffer)."""
