@@ -101,8 +101,26 @@ def secret_bytes(secret: Any) -> Optional[bytes]:
     raise TypeError(f"cache_llm(secret=...) must be str or bytes, not {type(secret).__name__}")
 
 
-_disk_stores: dict[str, DiskStore] = {}
+_disk_stores: dict[str, DiskStore] = {}  # in order of last use (see disk_store)
 _disk_lock = threading.Lock()
+OPEN_STORES_MAX = 32
+"""Cache dirs kept open per process. Each holds an SQLite connection (three file descriptors);
+beyond this many, the least recently used one is closed (it is opened again if used again), so
+a process going through many cache dirs (a test suite with one per test) never runs out."""
+
+
+_clock = [0]  # a use counter: cheaper than time on the hit path, and enough to order uses
+
+
+def _close_least_recently_used() -> None:
+    """Forget the least recently used store and close its index connection in this thread
+    (other threads' connections go with their threads)."""
+    path = min(_disk_stores, key=lambda p: _disk_stores[p].last_used)
+    store = _disk_stores.pop(path)
+    try:
+        store.close()
+    except Exception:  # closing is housekeeping: never worth failing the call that caused it
+        pass
 
 
 def is_open(cache_dir: str) -> bool:
@@ -120,6 +138,10 @@ def disk_store(cache_dir: "str | os.PathLike[str]", max_size: Optional[int] = No
             store = _disk_stores.get(path)
             if store is None:
                 store = _disk_stores[path] = DiskStore(path)
+                if len(_disk_stores) > OPEN_STORES_MAX:
+                    _close_least_recently_used()
+    elif store.last_used != _clock[0]:
+        store.last_used = _clock[0] = _clock[0] + 1
     if max_size is not None and store.max_size != max_size:
         store.configure(max_size)
     return store

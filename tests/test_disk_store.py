@@ -411,3 +411,30 @@ def test_unusable_cache_dir_still_answers(tmp_path: Path) -> None:
     only_cache_warnings(caught)
     assert len(caught) >= 1
     assert len(c.calls) == 2
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts file descriptors through /proc")
+def test_a_process_going_through_many_cache_dirs_keeps_few_files_open(tmp_path):
+    """A test suite with a cache dir per test must not run out of file descriptors (1024 is a
+    common limit): only the most recently used cache dirs stay open."""
+    import time
+
+    from memollm import config
+
+    def open_files():
+        return len(os.listdir("/proc/self/fd"))
+
+    before = open_files()
+    helpers = []
+    for i in range(3 * config.OPEN_STORES_MAX):
+
+        @cache_llm(cache_dir=tmp_path / f"cache-{i}")
+        def answer(prompt):
+            return prompt * 2
+
+        assert answer("x") == answer("x") == "xx"
+        helpers.append(answer)
+    time.sleep(0.3)  # background usage flushes
+    assert open_files() - before <= 5 * config.OPEN_STORES_MAX
+    first = helpers[0]
+    assert first("x") == "xx" and first.cache_info().hits == 2  # a closed dir is opened again

@@ -65,6 +65,7 @@ class DiskStore(Store):
         self._recent_bytes = 0
         self._function_dirs: dict[str, str] = {}
         self._trusted_until = 0.0  # see check_trusted
+        self.last_used = 0  # kept by config.disk_store, which closes the least recently used stores
 
     def _write_gitignore(self) -> None:
         path = os.path.join(self.location, ".gitignore")

@@ -127,7 +127,11 @@ _flusher_lock = threading.Lock()
 def _flush_loop() -> None:
     while True:
         time.sleep(FLUSH_INTERVAL)
-        _flush_all()
+        for log in list(_live_logs):
+            log.flush()
+            # This thread lives as long as the process: holding a connection (three file
+            # descriptors) per cache dir it ever flushed would exhaust them in a long run.
+            log.index.close()
 
 
 def _start_flusher() -> None:
