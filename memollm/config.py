@@ -101,7 +101,7 @@ def secret_bytes(secret: Any) -> Optional[bytes]:
     raise TypeError(f"cache_llm(secret=...) must be str or bytes, not {type(secret).__name__}")
 
 
-_disk_stores: dict[str, DiskStore] = {}  # in order of last use (see disk_store)
+_disk_stores: dict[str, DiskStore] = {}
 _disk_lock = threading.Lock()
 OPEN_STORES_MAX = 32
 """Cache dirs kept open per process. Each holds an SQLite connection (three file descriptors);
@@ -138,9 +138,10 @@ def disk_store(cache_dir: "str | os.PathLike[str]", max_size: Optional[int] = No
             store = _disk_stores.get(path)
             if store is None:
                 store = _disk_stores[path] = DiskStore(path)
+                store.last_used = _clock[0] = _clock[0] + 1
                 if len(_disk_stores) > OPEN_STORES_MAX:
                     _close_least_recently_used()
-    elif store.last_used != _clock[0]:
+    elif store.last_used != _clock[0]:  # (the last store used is the common case: no write)
         store.last_used = _clock[0] = _clock[0] + 1
     if max_size is not None and store.max_size != max_size:
         store.configure(max_size)

@@ -436,5 +436,8 @@ def test_a_process_going_through_many_cache_dirs_keeps_few_files_open(tmp_path):
         helpers.append(answer)
     time.sleep(0.3)  # background usage flushes
     assert open_files() - before <= 5 * config.OPEN_STORES_MAX
+    still_open = {os.path.basename(path) for path in config._disk_stores}
+    recent = {f"cache-{i}" for i in range(2 * config.OPEN_STORES_MAX, 3 * config.OPEN_STORES_MAX)}
+    assert recent <= still_open  # the least recently used were closed, not the newest
     first = helpers[0]
     assert first("x") == "xx" and first.cache_info().hits == 2  # a closed dir is opened again
