@@ -118,6 +118,16 @@ class FileLock:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return False
+        try:
+            current: Optional[int] = os.stat(self.path).st_ino
+        except FileNotFoundError:
+            current = None
+        if current != os.fstat(self._fd).st_ino:
+            # The holder removed the file after we opened it: this lock is on a file nobody else
+            # will ever lock. Drop it; the next try opens (or creates) the file at the path.
+            os.close(self._fd)
+            self._fd = None
+            return False
         self._locked = True
         with _held_lock:
             _held[self.path] = self
@@ -126,8 +136,9 @@ class FileLock:
     def release(self) -> None:
         """Unlock; the holder also removes the file so lock files do not pile up, one per key.
 
-        A process still waiting on the removed file gets its lock next and proceeds: like every
-        lock holder it looks the entry up first, and finds what the leader stored.
+        A process that opened the file before it was removed notices when it gets the lock
+        (the path no longer names that file) and tries again on the path, so one process leads
+        at a time; like every lock holder it looks the entry up first.
         """
         with _held_lock:
             if _held.get(self.path) is self:
