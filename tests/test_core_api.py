@@ -8,6 +8,7 @@ import importlib.util
 import inspect
 import os
 import threading
+import sys
 import time
 import types
 from pathlib import Path
@@ -591,6 +592,12 @@ def test_classmethod(name: str, bots: None) -> None:
     assert getattr(KeyedBot("x"), name)("q") == "KeyedBot:q"
     assert getattr(SubBot, name)("q") == "SubBot:q"  # cls is part of the key
     assert KeyedBot.calls == ["q", "q"]
+    if name == "klass2" and sys.version_info >= (3, 13):
+        # Python 3.13 dropped classmethod's chaining of __get__: KeyedBot.klass2 is a plain bound
+        # method, whose attributes are the cached function's (unbound): pass the class.
+        method = method.__func__
+        assert method.cache_key(KeyedBot, "q") != method.cache_key(SubBot, "q")
+        return
     assert method.cache_key("q") == getattr(KeyedBot("x"), name).cache_key("q")
     assert method.cache_key("q") != getattr(SubBot, name).cache_key("q")
 

@@ -97,6 +97,7 @@ class Index:
             conn.close()
             raise
         self._local.conn, self._local.pid, self._local.file_id = conn, os.getpid(), self._file_id()
+        self._local.closer = _Closer(conn)  # closes it when the thread ends and drops its locals
         self.generation += 1
         return conn
 
@@ -138,7 +139,7 @@ class Index:
                 conn.close()
             except sqlite3.Error:
                 pass
-        self._local.conn = None
+        self._local.conn = self._local.closer = None
 
     def ensure_open(self) -> int:
         """Connect (or reconnect if the file was replaced); returns ``generation``."""
@@ -240,6 +241,23 @@ _UPSERT = (
     "expires=excluded.expires, size=excluded.size, duration=excluded.duration, "
     "tokens=excluded.tokens, kind=excluded.kind, last_access=excluded.last_access"
 )
+
+
+class _Closer:
+    """Closes a thread's connection when the thread's locals are dropped (it ends): Python 3.13
+    warns (``ResourceWarning``) about a connection that is garbage-collected open."""
+
+    __slots__ = ("conn", "pid")
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn, self.pid = conn, os.getpid()
+
+    def __del__(self) -> None:
+        if self.pid == os.getpid():  # not in a forked child: the parent still uses it
+            try:
+                self.conn.close()
+            except Exception:
+                pass
 
 
 def _row(m: EntryMeta) -> tuple[Any, ...]:
