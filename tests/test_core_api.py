@@ -7,8 +7,8 @@ import datetime as dt
 import importlib.util
 import inspect
 import os
-import threading
 import sys
+import threading
 import time
 import types
 from pathlib import Path
