@@ -245,11 +245,7 @@ def resolve_ref(ref: Any) -> type:
     origin = resolve_ref(ref[2])
     if not isinstance(getattr(origin, "__pydantic_generic_metadata__", None), dict) or not isinstance(ref[3], list):
         raise UndecodableValue(f"{origin!r} is not a generic pydantic model")
-    args = tuple(_resolve_type(arg) for arg in ref[3])
-    try:
-        cls = origin[args if len(args) != 1 else args[0]]  # type: ignore[index]
-    except TypeError as exc:
-        raise UndecodableValue(f"cannot parametrize {origin!r} with {args!r}: {exc}") from exc
+    cls = _parametrize(origin, ref[3])
     if not isinstance(cls, type):
         raise UndecodableValue(f"{ref[0]}.{ref[1]} is not a class")
     return cls
@@ -271,13 +267,17 @@ def _resolve_type(ref: Any) -> Any:
     if kind == "union" and len(ref) == 2 and isinstance(ref[1], list):
         return typing.Union[tuple(_resolve_type(a) for a in ref[1])]
     if kind == "alias" and len(ref) == 3 and isinstance(ref[2], list):
-        origin = resolve_ref(ref[1])
-        args = tuple(_resolve_type(a) for a in ref[2])
-        try:
-            return origin[args if len(args) != 1 else args[0]]  # type: ignore[index]
-        except TypeError as exc:
-            raise UndecodableValue(f"cannot parametrize {origin!r} with {args!r}: {exc}") from exc
+        return _parametrize(resolve_ref(ref[1]), ref[2])
     raise UndecodableValue(f"malformed type reference {ref!r}")
+
+
+def _parametrize(origin: Any, arg_refs: list[Any]) -> Any:
+    """``origin[args]`` for the type arguments ``arg_refs`` name."""
+    args = tuple(_resolve_type(arg) for arg in arg_refs)
+    try:
+        return origin[args if len(args) != 1 else args[0]]
+    except TypeError as exc:
+        raise UndecodableValue(f"cannot parametrize {origin!r} with {args!r}: {exc}") from exc
 
 
 @dataclasses.dataclass

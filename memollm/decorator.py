@@ -445,17 +445,23 @@ class _Engine:
                 value, release = self.acquire(mode, store, key)
             if isinstance(value, Stream):
                 return (yield from streams.replay(value, self.realtime))
-            finish = self.finisher(mode, store, key, release)
-            try:
-                self.note_miss(store, key)
-                source = wrapped(*args, **kwargs)
-            except BaseException:
-                finish(None, None)
-                raise
-            recorder = streams.Recorder(self.max_stream_size, self.allow_pickle)
+            source, recorder, finish = self.start_recording(mode, store, key, release, wrapped, args, kwargs)
             return (yield from streams.record(source, recorder, finish))
 
         return run()
+
+    def start_recording(
+        self, mode: Mode, store: Optional[Store], key: str, release: Callable[[], None], wrapped: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[Any, streams.Recorder, streams.Finish]:
+        """A miss of a generator helper: call it, and what records its stream (the flight ends if the call fails)."""
+        finish = self.finisher(mode, store, key, release)
+        try:
+            self.note_miss(store, key)
+            source = wrapped(*args, **kwargs)
+        except BaseException:
+            finish(None, None)
+            raise
+        return source, streams.Recorder(self.max_stream_size, self.allow_pickle), finish
 
     def call_async_generator(self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         async def chunks() -> Any:
@@ -468,14 +474,7 @@ class _Engine:
                 value, release = await self.acquire_async(mode, store, key)
             if isinstance(value, Stream):
                 return streams.replay_async(value, self.realtime)
-            finish = self.finisher(mode, store, key, release)
-            try:
-                self.note_miss(store, key)
-                source = wrapped(*args, **kwargs)
-            except BaseException:
-                finish(None, None)
-                raise
-            recorder = streams.Recorder(self.max_stream_size, self.allow_pickle)
+            source, recorder, finish = self.start_recording(mode, store, key, release, wrapped, args, kwargs)
             return streams.record_async(source, recorder, finish)
 
         return streams.relay(chunks)
