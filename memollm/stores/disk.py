@@ -66,6 +66,7 @@ class DiskStore(Store):
         self._function_dirs: dict[str, str] = {}
         self._trusted_until = 0.0  # see check_trusted
         self.last_used = 0  # kept by config.disk_store, which closes the least recently used stores
+        self._rebuild_progress: Optional[Callable[[int, int], None]] = None  # see ensure_index
 
     def _write_gitignore(self) -> None:
         path = os.path.join(self.location, ".gitignore")
@@ -146,15 +147,31 @@ class DiskStore(Store):
             self.rebuild_index()
         self._index_checked = generation
 
-    def rebuild_index(self) -> int:
+    def ensure_index(self, progress: Optional[Callable[[int, int], None]] = None) -> None:
+        """Open the index now, rebuilding it from the entries if it is new; a rebuild reports
+        ``progress(files read, files in all)`` as it goes (``memollm`` draws a bar)."""
+        self._rebuild_progress = progress
+        try:
+            self._with_index(lambda: None, lambda: None)
+        finally:
+            self._rebuild_progress = None
+
+    def rebuild_index(self, progress: Optional[Callable[[int, int], None]] = None) -> int:
         """Re-create the index rows from the entries themselves; returns how many."""
-        metas = list(self._scan())
+        progress = progress or self._rebuild_progress
+        paths = list(self.backend.iter_item_paths())
+        metas = list(self._scan(paths=paths, progress=progress))
         self.index.put_many(metas)
         self.index.set_info("built", time.time())
         return len(metas)
 
-    def _scan(self, function: Optional[str] = None) -> Iterator[EntryMeta]:
-        for path in self.backend.iter_item_paths(function):
+    def _scan(
+        self, function: Optional[str] = None, paths: Optional[list[str]] = None, progress: Optional[Callable[[int, int], None]] = None
+    ) -> Iterator[EntryMeta]:
+        paths = list(self.backend.iter_item_paths(function)) if paths is None else paths
+        for done, path in enumerate(paths, 1):
+            if progress is not None and (done % 256 == 0 or done == len(paths)):
+                progress(done, len(paths))
             try:
                 with open(path, "rb") as f:
                     meta, _ = read_meta(f.read())
@@ -248,8 +265,7 @@ class DiskStore(Store):
                 self.backend.clear_item(call_id(function, key))
                 self.index.remove_if_absent([(key, self.item_path(function, key))])
                 total -= size
-                report.entries += 1
-                report.bytes += size
+                report.removed(size, expired=False)
         return report
 
     def note_hit(self, meta: EntryMeta) -> None:
@@ -296,8 +312,7 @@ class DiskStore(Store):
                 rows = self.index.expired(now)
                 for key, function, size in rows:
                     self.backend.clear_item(call_id(function, key))
-                    report.entries += 1
-                    report.bytes += size
+                    report.removed(size, expired=True)
                 self.index.remove_if_absent([(key, self.item_path(function, key)) for key, function, _ in rows])
                 if len(rows) < 1000:
                     return
@@ -305,9 +320,7 @@ class DiskStore(Store):
         self._with_index(expire, lambda: None)
         limit = max_size or self.max_size or self._with_index(lambda: self.index.get_info("max_size"), lambda: None)
         if limit:
-            evicted = self._with_index(lambda: self.evict(int(limit)), PruneReport)
-            report.entries += evicted.entries
-            report.bytes += evicted.bytes
+            report.add(self._with_index(lambda: self.evict(int(limit)), PruneReport))
         report.stale_rows += self._with_index(self._drop_orphan_rows, lambda: 0)
         for path in self.backend.iter_leftovers(now - LEFTOVER_AGE, now - DEAD_WRITER_AGE):
             try:
