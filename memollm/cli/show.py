@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     if request is None:
         field("request", "(not recorded)")
     else:
-        field("request", "")
+        out.print(Text("request:", style="bold"))
         out.print(Text(indent(json.dumps(request, indent=2, ensure_ascii=False))))
     if shown.is_stream:
         span = value.offsets[-1] if value.offsets else 0.0

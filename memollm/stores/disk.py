@@ -33,6 +33,12 @@ GITIGNORE = (
     f"{LOCKS_DIRNAME}/\n"
 )
 JOBLIB_GITIGNORE = "# Created by joblib automatically.\n*\n"
+GITATTRIBUTES = (
+    "# Written by memollm: git diffs show entry files as text once this repository has\n"
+    '#   git config diff.memollm.textconv "memollm textconv"\n'
+    "# (without it they stay binary files). Patterns are relative to this directory.\n"
+    f"joblib/**/{ITEM_FILENAME} -text diff=memollm\n"
+)
 RECENT_BYTES_MAX = 32 * 2**20  # bytes of recently read entries kept per cache dir
 RECENT_ITEM_MAX = 2**20
 LEFTOVER_AGE = 600.0  # seconds before a temporary file counts as the leftover of a dead writer
@@ -69,21 +75,9 @@ class DiskStore(Store):
         self._rebuild_progress: Optional[Callable[[int, int], None]] = None  # see ensure_index
 
     def _write_gitignore(self) -> None:
-        path = os.path.join(self.location, ".gitignore")
-        try:
-            with open(path, "rb") as f:
-                current: Optional[bytes] = f.read()
-        except OSError:
-            current = None
-        ours = current is not None and current.startswith(GITIGNORE.encode()[:20]) and current != GITIGNORE.encode()
-        if current is None or current == JOBLIB_GITIGNORE.encode() or ours:  # missing, joblib's or an older one of ours
-            try:
-                fd = os.open(path + f".tmp-{os.getpid()}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                with os.fdopen(fd, "w") as f:
-                    f.write(GITIGNORE)
-                os.replace(path + f".tmp-{os.getpid()}", path)
-            except OSError:
-                pass
+        """The dir's ``.gitignore`` (what not to commit) and ``.gitattributes`` (entries diff as text)."""
+        _write_ours(os.path.join(self.location, ".gitignore"), GITIGNORE, replaceable=(JOBLIB_GITIGNORE,))
+        _write_ours(os.path.join(self.location, ".gitattributes"), GITATTRIBUTES)
 
     # -- the index, used defensively -------------------------------------------------------
 
@@ -351,6 +345,26 @@ class DiskStore(Store):
     def close(self) -> None:
         self.usage.flush()
         self.index.close()
+
+
+def _write_ours(path: str, text: str, replaceable: tuple[str, ...] = ()) -> None:
+    """Write ``text`` to ``path`` if it is missing, one of ``replaceable`` or an older version of
+    ours (same first line); a file someone edited is left alone."""
+    try:
+        with open(path, "rb") as f:
+            current: Optional[bytes] = f.read()
+    except OSError:
+        current = None
+    ours = text.encode()
+    older = current is not None and current.startswith(ours[:20]) and current != ours
+    if current is None or current in (r.encode() for r in replaceable) or older:
+        try:
+            fd = os.open(path + f".tmp-{os.getpid()}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            os.replace(path + f".tmp-{os.getpid()}", path)
+        except OSError:
+            pass
 
 
 def _size_of(path: str) -> Optional[int]:
