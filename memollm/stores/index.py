@@ -52,6 +52,15 @@ CREATE TABLE IF NOT EXISTS stats (
     seconds_saved REAL NOT NULL DEFAULT 0,
     tokens_saved INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS history (
+    function TEXT NOT NULL,
+    hour INTEGER NOT NULL,
+    hits INTEGER NOT NULL DEFAULT 0,
+    misses INTEGER NOT NULL DEFAULT 0,
+    seconds_saved REAL NOT NULL DEFAULT 0,
+    tokens_saved INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (function, hour)
+) WITHOUT ROWID;
 """
 
 _COLUMNS = "key, function, created, expires, size, duration, tokens, kind, hits, last_access"
