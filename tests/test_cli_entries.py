@@ -160,3 +160,72 @@ def test_git_diff_shows_what_was_recorded(tmp_path):
     assert '-    "text": "The capital of France is Paris."' in diff
     assert '+    "text": "The capital of France is Lyon."' in diff
     assert " response: (dict)" in diff  # unchanged context, as text
+
+
+def test_ls_and_show_give_the_sample_index(tmp_path, capsys):
+    d = str(tmp_path / "cache")
+
+    @memollm.cache_llm(cache_dir=d, samples=2)
+    def complete(prompt):
+        return {"text": f"answer {time.monotonic_ns()}"}
+
+    for _ in range(3):
+        complete("same question")
+    code, out, err = call(capsys, "ls", "--cache-dir", d, "--json")
+    assert code == 0, err
+    assert sorted(e["sample"] for e in json.loads(out)) == [0, 1]
+    code, out, _ = call(capsys, "ls", "--cache-dir", d)
+    assert out.splitlines()[0].split()[:7] == ["FUNCTION", "KEY", "CREATED", "EXPIRES", "SIZE", "HITS", "SAMPLE"]
+    (second,) = [e for e in json.loads(call(capsys, "ls", "--cache-dir", d, "--json")[1]) if e["sample"] == 1]
+    code, out, _ = call(capsys, "show", second["key"], "--cache-dir", d)
+    assert "sample:    1" in out and "same question" in out
+
+
+def test_an_index_of_an_older_version_gains_the_sample_column(tmp_path, capsys):
+    import sqlite3
+
+    d = str(tmp_path / "cache")
+
+    @memollm.cache_llm(cache_dir=d)
+    def complete(prompt):
+        return prompt
+
+    complete("x")
+    DiskStore(d).close()
+    conn = sqlite3.connect(os.path.join(d, "index.sqlite3"))
+    conn.execute("ALTER TABLE entries DROP COLUMN sample")  # the first release's table
+    conn.commit()
+    conn.close()
+    code, out, err = call(capsys, "ls", "--cache-dir", d, "--json")
+    assert code == 0, err
+    (entry,) = json.loads(out)
+    assert entry["sample"] is None
+
+
+def test_stats_after_clear_lists_no_cleared_function(tmp_path, capsys):
+    d = str(tmp_path / "cache")
+
+    @memollm.cache_llm(cache_dir=d)
+    def kept(prompt):
+        return prompt
+
+    @memollm.cache_llm(cache_dir=d)
+    def dropped(prompt):
+        return prompt
+
+    for f in (kept, dropped, kept, dropped):
+        f("same")
+    from memollm.stores import usage
+
+    usage._flush_all()
+    names = lambda: [k.rsplit(".", 1)[-1] for k in json.loads(call(capsys, "stats", "--cache-dir", d, "--json")[1])["functions"]]  # noqa: E731
+    assert names() == ["dropped", "kept"]
+    assert call(capsys, "clear", "--cache-dir", d, "--function", "dropped", "--yes")[0] == 0
+    assert names() == ["kept"]
+    store = DiskStore(d)
+    assert [r["function"].rsplit(".", 1)[-1] for r in store.usage.history()] == ["kept"]  # its history went too
+    store.close()
+    assert call(capsys, "clear", "--cache-dir", d, "--yes")[0] == 0
+    assert names() == []
+    code, out, _ = call(capsys, "stats", "--cache-dir", d)
+    assert "no entries" in out and "dropped" not in out and "kept" not in out

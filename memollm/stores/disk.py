@@ -278,6 +278,7 @@ class DiskStore(Store):
 
     def clear(self, function: Optional[str] = None) -> int:
         self.usage.forget(function=function)
+        self.usage.forget_history(function)
         removed = sum(1 for _ in self.backend.iter_item_paths(function))
         root = self.backend.location
         targets = [os.path.join(root, function_dirname(function))] if function else _children(root)
@@ -396,4 +397,5 @@ def _meta_from_row(row: dict[str, Any]) -> EntryMeta:
         kind=row["kind"],
         tokens=row["tokens"],
         size=row["size"],
+        sample=row.get("sample"),
     )
