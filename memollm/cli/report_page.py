@@ -90,9 +90,22 @@ def _hit_rate(s: FunctionStats) -> Optional[float]:
 
 
 def _dollars_note(report: Report) -> str:
+    table = _price_table()
     if report.total.dollars_saved is None:
-        return "\u2014 where no price is known for the models used (never a guess)."
-    return "priced with the genai-prices table installed with memollm; models it does not know count no dollars."
+        return "\u2014 where no price is known for the models used (never a guess)" + (f"; prices from {_e(table)}." if table else ".")
+    return f"the hits' tokens at today's prices{f' ({_e(table)})' if table else ''}; models without a known price add nothing."
+
+
+def _price_table() -> Optional[str]:
+    """The price table's name and version (``memollm.prices.source()``), if there is one."""
+    try:
+        import importlib
+
+        source = getattr(importlib.import_module("memollm.prices"), "source", None)
+        found = source() if callable(source) else None
+    except Exception:  # no price table: dollars show as unknown
+        return None
+    return found if isinstance(found, str) else None
 
 
 def _functions_table(report: Report) -> str:
