@@ -166,10 +166,11 @@ class CacheDir:
 
         if self.store is None:
             return []
-        metas = list(self.store.entries())
-        usage = self._usage()
         rows = []
-        with Progress(label, len(metas), transient=True) as progress:
+        with Progress(label, self.store.count(), transient=True) as progress:  # drawn while the index is read
+            metas = list(self.store.entries())
+            usage = self._usage()
+            progress.update(0, len(metas))
             for m in metas:
                 rows.append(Listed(m, *usage.get(m.key, (0, None))))
                 progress.advance()

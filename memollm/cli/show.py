@@ -7,8 +7,6 @@ import json
 import sys
 import time
 
-from rich.text import Text
-
 from .common import EXIT_OK, CacheDir, CliError, Listed
 from .entries import UnreadableEntry, read_entry
 from .ui import as_text, console, human_duration, human_expiry, human_size, human_time, indent, one_line, print_json, to_jsonable, type_name
@@ -38,6 +36,8 @@ def run(args: argparse.Namespace) -> int:
             doc.update(type=type_name(value), value=to_jsonable(value))
         print_json(sys.stdout, doc)
         return EXIT_OK
+    from rich.text import Text
+
     out = console()
 
     def field(name: str, text: str) -> None:

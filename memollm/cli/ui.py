@@ -19,17 +19,14 @@ import pathlib
 import sys
 import time
 import uuid
-from typing import Any, Iterable, Optional, Sequence, TextIO
-
-from rich.console import Console
-from rich.measure import Measurement
-from rich.progress import BarColumn, MofNCompleteColumn, TaskProgressColumn, TextColumn, TimeRemainingColumn
-from rich.progress import Progress as _RichProgress
-from rich.table import Table
-from rich.text import Text
+from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence, TextIO
 
 from ..codec import Unresolved
 from ..entry import EntryMeta
+
+if TYPE_CHECKING:  # rich is imported when something is drawn: `--json` and `textconv` start faster
+    from rich.console import Console
+    from rich.progress import Progress as RichProgress
 
 PROGRESS_MIN = 1000  # entries; smaller jobs finish before a progress bar would help
 UNBOUNDED_WIDTH = 100_000  # off a terminal: lines as long as their content
@@ -49,6 +46,8 @@ def plain_requested() -> bool:
 
 def console(stream: Optional[TextIO] = None) -> Console:
     """A console on ``stream`` (default: the current ``sys.stdout``)."""
+    from rich.console import Console
+
     stream = sys.stdout if stream is None else stream
     terminal = isatty(stream)
     return Console(
@@ -76,6 +75,10 @@ def print_table(
     A table is as wide as its content, even on a narrower terminal (whose lines then wrap):
     cells are never cut or folded, since keys and names are copied from these tables.
     """
+    from rich.measure import Measurement
+    from rich.table import Table
+    from rich.text import Text
+
     right_set, styles = set(right), styles or {}
     table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold", padding=(0, 1))
     for i, header in enumerate(headers):
@@ -125,7 +128,7 @@ class Progress:
         self.minimum = PROGRESS_MIN if minimum is None else minimum
         self.transient = transient
         self.allowed = isatty(self.stream) and not plain_requested()
-        self._bar: Optional[_RichProgress] = None
+        self._bar: Optional[RichProgress] = None
         self._task: Any = None
         self._maybe_start()
 
@@ -136,7 +139,11 @@ class Progress:
     def _maybe_start(self) -> None:
         if self._bar is not None or not self.allowed or self.total < max(1, self.minimum):
             return
-        self._bar = _RichProgress(
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, TaskProgressColumn, TextColumn, TimeRemainingColumn
+        from rich.progress import Progress as RichProgress
+
+        self._bar = RichProgress(
             TextColumn("{task.description}"),
             BarColumn(),
             TaskProgressColumn(),
