@@ -66,7 +66,9 @@ def test_chat_completion_stream(server: FakeLLMServer, tmp_path, library: str) -
     server.chunk_delay = 0.01
 
     def run() -> list[object]:
-        stream = client.chat.completions.create(model="gpt-test", messages=ask("stream this now"), stream=True, stream_options={"include_usage": True})
+        stream = client.chat.completions.create(
+            model="gpt-test", messages=ask("stream this now"), stream=True, stream_options={"include_usage": True}
+        )
         return list(stream)
 
     first, second = run(), run()

@@ -91,7 +91,11 @@ def test_key_ignores_json_key_order_volatile_headers_and_credentials(tmp_path, n
     inner = Counting(module, json_reply(module))
     http = module.Client(transport=memollm.http.CachingTransport(inner, cache_dir=tmp_path))
     url = "https://api.example.com/v1/chat/completions?b=2&a=1"
-    http.post(url, content=json.dumps({"model": "m", "options": {"x": 1, "y": [1, 2]}}), headers={"content-type": "application/json", "authorization": "Bearer one"})
+    http.post(
+        url,
+        content=json.dumps({"model": "m", "options": {"x": 1, "y": [1, 2]}}),
+        headers={"content-type": "application/json", "authorization": "Bearer one"},
+    )
     http.post(
         url.replace("b=2&a=1", "a=1&b=2"),
         content=json.dumps({"options": {"y": [1, 2], "x": 1}, "model": "m", "api_key": "sk-in-the-body"}),
@@ -126,9 +130,17 @@ def test_credentials_and_cookies_never_reach_the_disk(server: FakeLLMServer, tmp
     headers = {"set-cookie": "session=SECRET-COOKIE; Path=/", "x-api-key": "SECRET-HEADER", "x-kept": "yes"}
     inner = Counting(httpx2, json_reply(httpx2, headers=headers))
     http = httpx2.Client(transport=memollm.http.CachingTransport(inner, cache_dir=tmp_path / "mock"))
-    first = http.post("https://x.test/v1/q", json={"q": 1, "password": "SECRET-BODY"}, headers={"authorization": "Bearer SECRET-AUTH", "cookie": "c=SECRET-C"})
+    first = http.post(
+        "https://x.test/v1/q",
+        json={"q": 1, "password": "SECRET-BODY"},
+        headers={"authorization": "Bearer SECRET-AUTH", "cookie": "c=SECRET-C"},
+    )
     assert first.headers["set-cookie"].startswith("session=")  # the live response keeps its cookie
-    second = http.post("https://x.test/v1/q", json={"q": 1, "password": "other"}, headers={"api-key": "SECRET-AZURE", "proxy-authorization": "SECRET-PROXY"})
+    second = http.post(
+        "https://x.test/v1/q",
+        json={"q": 1, "password": "other"},
+        headers={"api-key": "SECRET-AZURE", "proxy-authorization": "SECRET-PROXY"},
+    )
     assert inner.calls == 1
     assert second.json() == first.json() and second.headers["x-kept"] == "yes"
     assert "set-cookie" not in second.headers and "x-api-key" not in second.headers
@@ -395,7 +407,9 @@ async def test_single_flight_across_tasks(server: FakeLLMServer, tmp_path) -> No
     import asyncio
 
     server.delay = 0.3
-    client = openai.AsyncOpenAI(api_key=API_KEY, base_url=server.base_url, http_client=memollm.http.async_client(cache_dir=tmp_path), max_retries=0)
+    client = openai.AsyncOpenAI(
+        api_key=API_KEY, base_url=server.base_url, http_client=memollm.http.async_client(cache_dir=tmp_path), max_retries=0
+    )
     answers = await asyncio.gather(*[client.chat.completions.create(model="gpt-test", messages=ask("tasks")) for _ in range(4)])
     assert {a.choices[0].message.content for a in answers} == {"echo: tasks"}
     assert server.request_count == 1
@@ -446,11 +460,17 @@ def test_record_in_one_process_replay_offline_in_another(tmp_path) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
     with FakeLLMServer() as own:
         base_url = own.base_url
-        recorded = subprocess.run([sys.executable, "-c", RECORD_OR_REPLAY, base_url, str(tmp_path)], capture_output=True, text=True, timeout=60, env=env)
+        recorded = subprocess.run(
+            [sys.executable, "-c", RECORD_OR_REPLAY, base_url, str(tmp_path)], capture_output=True, text=True, timeout=60, env=env
+        )
         assert recorded.returncode == 0, recorded.stderr
         assert own.request_count == 2
     replayed = subprocess.run(
-        [sys.executable, "-c", RECORD_OR_REPLAY, base_url, str(tmp_path)], capture_output=True, text=True, timeout=60, env={**env, "MEMOLLM_MODE": "offline"}
+        [sys.executable, "-c", RECORD_OR_REPLAY, base_url, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**env, "MEMOLLM_MODE": "offline"},
     )
     assert replayed.returncode == 0, replayed.stderr
     assert replayed.stdout == recorded.stdout == "echo: across processes|echo: streamed across\n"

@@ -67,7 +67,9 @@ class HttpCache:
             cache_if=cache_if,
         )
         if match is not None and not callable(match):
-            raise TypeError(f"{owner}(match=...) must be a callable taking the request and returning whether to cache it, not {type(match).__name__}")
+            raise TypeError(
+                f"{owner}(match=...) must be a callable taking the request and returning whether to cache it, not {type(match).__name__}"
+            )
         self.owner = owner
         self.match = match
         self.key_headers = convert.parse_key_headers(key_headers, owner)
@@ -121,10 +123,14 @@ class HttpCache:
         tokens = convert.json_usage(body, response.headers.get("content-type"))
         if tokens is not None:
             value["usage"] = tokens
-        subject = library.Response(response.status_code, headers=response.headers, content=body) if self.cache.cache_if is not None else MISSING
+        subject = (
+            library.Response(response.status_code, headers=response.headers, content=body) if self.cache.cache_if is not None else MISSING
+        )
         self.cache.save(store, function, key, value, duration, request_tree(packed), subject=subject)
 
-    def finisher(self, library: Library, plan: Any, release: Callable[[], None], response: Any, kept: Optional[list[bytes]]) -> streams.Finish:
+    def finisher(
+        self, library: Library, plan: Any, release: Callable[[], None], response: Any, kept: Optional[list[bytes]]
+    ) -> streams.Finish:
         """What stores a recorded event stream once it completed, and ends the flight."""
         mode, store, function, key, packed, _ = plan
 
@@ -144,7 +150,9 @@ class _Recording:
     closed before that, or cut by an error, is not.
     """
 
-    def __init__(self, body: Any, recorder: streams.Recorder, finish: streams.Finish, head: dict[str, Any], kept: Optional[list[bytes]]) -> None:
+    def __init__(
+        self, body: Any, recorder: streams.Recorder, finish: streams.Finish, head: dict[str, Any], kept: Optional[list[bytes]]
+    ) -> None:
         self.body = body
         self.recorder = recorder
         self.finish = finish
@@ -230,7 +238,9 @@ def _pick_library(owner: str, transport: Any, library: Optional[str]) -> Library
         if library not in ("httpx", "httpx2"):
             raise ValueError(f"{owner}(library={library!r}) is not a supported HTTP library; use 'httpx2' or 'httpx'")
         if found is not None and found != library:
-            raise ValueError(f"{owner}(library={library!r}) does not match the transport given, a {found} transport ({type(transport).__name__})")
+            raise ValueError(
+                f"{owner}(library={library!r}) does not match the transport given, a {found} transport ({type(transport).__name__})"
+            )
     return load(library or found or default_name(), f"{owner}(library=...)")
 
 
@@ -287,7 +297,9 @@ class CachingTransport(_TransportBase):
     ) -> None:
         owner = type(self).__name__
         if transport is not None and not callable(getattr(transport, "handle_request", None)):
-            raise TypeError(f"{owner}(transport=...) must be a sync httpx/httpx2 transport (with handle_request), not {type(transport).__name__}")
+            raise TypeError(
+                f"{owner}(transport=...) must be a sync httpx/httpx2 transport (with handle_request), not {type(transport).__name__}"
+            )
         self._library = _pick_library(owner, transport, library)
         self._http = HttpCache(
             owner,
@@ -347,7 +359,9 @@ class CachingTransport(_TransportBase):
                 body = b"".join(response.stream)
             finally:
                 response.stream.close()
-            answer = library.response(response.status_code, list(response.headers.multi_items()), library.ByteStream(body), response.extensions)
+            answer = library.response(
+                response.status_code, list(response.headers.multi_items()), library.ByteStream(body), response.extensions
+            )
             http.save(library, plan, answer, body, time.perf_counter() - start)
             return answer
         finally:
@@ -386,7 +400,9 @@ class AsyncCachingTransport(_TransportBase):
     ) -> None:
         owner = type(self).__name__
         if transport is not None and not callable(getattr(transport, "handle_async_request", None)):
-            raise TypeError(f"{owner}(transport=...) must be an async httpx/httpx2 transport (with handle_async_request), not {type(transport).__name__}")
+            raise TypeError(
+                f"{owner}(transport=...) must be an async httpx/httpx2 transport (with handle_async_request), not {type(transport).__name__}"
+            )
         self._library = _pick_library(owner, transport, library)
         self._http = HttpCache(
             owner,
@@ -445,7 +461,9 @@ class AsyncCachingTransport(_TransportBase):
                 body = b"".join([chunk async for chunk in response.stream])
             finally:
                 await response.stream.aclose()
-            answer = library.response(response.status_code, list(response.headers.multi_items()), library.ByteStream(body), response.extensions)
+            answer = library.response(
+                response.status_code, list(response.headers.multi_items()), library.ByteStream(body), response.extensions
+            )
             http.save(library, plan, answer, body, time.perf_counter() - start)
             return answer
         finally:
