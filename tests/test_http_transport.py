@@ -118,6 +118,35 @@ def test_key_ignores_json_key_order_volatile_headers_and_credentials(tmp_path, n
     assert inner.calls == 5
 
 
+def test_packed_request_is_the_canonical_packing_of_the_normalized_request() -> None:
+    from memollm import keys
+    from memollm.http import convert
+
+    request = httpx2.Request(
+        "POST",
+        "https://API.example.com:8443/v1/x?z=1&a=2&key=SECRET&api_key=SECRET",
+        json={"b": [1, {"y": 2, "x": 1}], "a": None, "token": "SECRET", "nested": {"token": "kept"}},
+        headers={"Anthropic-Version": "2023-06-01"},
+    )
+    content_type, chosen = convert.examine(request, frozenset({b"anthropic-version"}))
+    parts = convert.request_parts(request, chosen)
+    tree = {**parts, "body": convert.body_tree(request.content, content_type)}
+    packed = convert.pack_request(parts, convert.packed_body(request.content, content_type))
+    assert packed == keys.pack_normalized(tree)
+    assert tree == {
+        "method": "POST",
+        "scheme": "https",
+        "host": "api.example.com",
+        "port": 8443,
+        "path": "/v1/x",
+        "query": [("a", "2"), ("z", "1")],
+        "headers": {"anthropic-version": "2023-06-01"},
+        "body": {"b": [1, {"y": 2, "x": 1}], "a": None, "nested": {"token": "kept"}},
+    }
+    assert convert.function_id(parts) == "http:POST api.example.com:8443/v1/x"
+    assert convert.function_id(convert.request_parts(httpx2.Request("GET", "https://h.test/p"), None)) == "http:GET h.test/p"
+
+
 def test_key_headers_option(tmp_path) -> None:
     inner = Counting(httpx2, json_reply(httpx2))
     http = httpx2.Client(transport=memollm.http.CachingTransport(inner, cache_dir=tmp_path, key_headers=["X-Tenant"]))

@@ -12,6 +12,8 @@ import json
 from collections.abc import Iterable
 from typing import Any, Optional
 
+import msgpack
+
 from .. import keys
 
 CREDENTIAL_HEADERS = frozenset({"authorization", "x-api-key", "api-key", "cookie", "proxy-authorization"})
@@ -39,6 +41,11 @@ def default_match(request: Any) -> bool:
     return request.method == "POST" and is_json(request.headers.get("content-type"))
 
 
+def json_post(method: str, content_type: Optional[str]) -> bool:
+    """``default_match`` on what ``examine`` found."""
+    return method == "POST" and is_json(content_type)
+
+
 def parse_key_headers(names: Any, owner: str) -> tuple[str, ...]:
     """``key_headers=``: header names (any case); credentials refused with the reason."""
     if isinstance(names, str) or not isinstance(names, Iterable):
@@ -57,11 +64,13 @@ def parse_key_headers(names: Any, owner: str) -> tuple[str, ...]:
     return tuple(sorted(set(parsed)))
 
 
-def function_id(method: str, url: Any) -> str:
-    """The "function" HTTP entries are listed under: ``http:POST api.openai.com/v1/chat/completions``."""
-    port = url.port
-    host = url.host if port is None or port == _DEFAULT_PORTS.get(url.scheme) else f"{url.host}:{port}"
-    return f"http:{method} {host}{url.path}"
+def function_id(parts: dict[str, Any]) -> str:
+    """The "function" HTTP entries are listed under: ``http:POST api.openai.com/v1/chat/completions``
+    (from ``request_parts``; the port only when it is not the scheme's default)."""
+    host, port = parts["host"], parts["port"]
+    if port != _DEFAULT_PORTS.get(parts["scheme"]):
+        host = f"{host}:{port}"
+    return f"http:{parts['method']} {host}{parts['path']}"
 
 
 def body_tree(content: bytes, content_type: Optional[str]) -> Any:
@@ -80,24 +89,75 @@ def body_tree(content: bytes, content_type: Optional[str]) -> Any:
     return content
 
 
-def request_tree(request: Any, content: bytes, key_headers: tuple[str, ...]) -> dict[str, Any]:
-    """The normalized request: everything its key is made of (see the module docstring)."""
+_body_memo: dict[bytes, bytes] = {}  # JSON body -> its packed tree (SDKs send identical bytes)
+_memo_bytes = [0]
+MEMO_BYTES_MAX = 8 * 2**20
+MEMO_ITEM_MAX = 256 * 2**10
+
+
+def packed_body(content: bytes, content_type: Optional[str]) -> bytes:
+    """``body_tree`` packed; a JSON body seen before is not parsed again (bounded memory)."""
+    if not is_json(content_type):
+        return keys.pack_normalized(body_tree(content, content_type), "the request body")
+    packed = _body_memo.get(content)
+    if packed is None:
+        packed = keys.pack_normalized(body_tree(content, content_type), "the request body")
+        size = len(content) + len(packed)
+        if len(content) <= MEMO_ITEM_MAX:
+            if _memo_bytes[0] + size > MEMO_BYTES_MAX:
+                _body_memo.clear()
+                _memo_bytes[0] = 0
+            _body_memo[content] = packed
+            _memo_bytes[0] += size
+    return packed
+
+
+def examine(request: Any, key_headers: frozenset[bytes]) -> tuple[Optional[str], Optional[dict[str, str]]]:
+    """The request's content type and its ``key_headers`` present, in one pass over its headers."""
+    content_type = None
+    chosen = None
+    for name, value in request.headers.raw:
+        lowered = name.lower()
+        if lowered == b"content-type":
+            content_type = value.decode("latin-1")
+        elif lowered in key_headers:
+            if chosen is None:
+                chosen = {}
+            header = lowered.decode("latin-1")
+            chosen[header] = request.headers.get(header)  # decoded as the library decodes it
+    return content_type, chosen
+
+
+def is_secret_query(name: str) -> bool:
+    """Query parameters that carry credentials (``?key=`` of Google's APIs, ``api_key``...)."""
+    return name.lower() in ("key", "api-key") or keys.is_secret_name(name)
+
+
+def request_parts(request: Any, chosen: Optional[dict[str, str]]) -> dict[str, Any]:
+    """Everything the key is made of besides the body: method, URL parts, the key headers."""
     url = request.url
-    headers = request.headers
-    tree: dict[str, Any] = {
+    parts: dict[str, Any] = {
         "method": request.method,
         "scheme": url.scheme,
         "host": url.host,
         "port": url.port or _DEFAULT_PORTS.get(url.scheme),
         "path": url.path,
-        "query": sorted(url.params.multi_items()),
-        "body": body_tree(content, headers.get("content-type")),
+        "query": sorted(item for item in url.params.multi_items() if not is_secret_query(item[0])) if url.query else [],
     }
-    if key_headers:
-        chosen = {name: headers.get(name) for name in key_headers if name in headers}
-        if chosen:
-            tree["headers"] = chosen
-    return tree
+    if chosen:
+        parts["headers"] = chosen
+    return parts
+
+
+_BODY = msgpack.packb("body")
+
+
+def pack_request(parts: dict[str, Any], body: bytes) -> bytes:
+    """The normalized request, packed: the same bytes as ``keys.pack_normalized({**parts, "body":
+    tree})`` for ``body`` the packed tree ("body" sorts before every other part, and the parts
+    are fewer than 15: a one-byte map header)."""
+    packed = keys.pack_normalized(parts, "the request")
+    return bytes((packed[0] + 1,)) + _BODY + body + packed[1:]
 
 
 def stored_headers(headers: Any) -> list[list[str]]:

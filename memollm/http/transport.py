@@ -73,27 +73,29 @@ class HttpCache:
         self.owner = owner
         self.match = match
         self.key_headers = convert.parse_key_headers(key_headers, owner)
+        self.key_header_bytes = frozenset(name.encode("latin-1") for name in self.key_headers)
         self.cache = Cache(options, owner, ["http"])
         self.realtime = options.realtime
 
     # -- a request --------------------------------------------------------------------------
 
-    def wants(self, request: Any) -> bool:
+    def wants(self, request: Any, content_type: Optional[str]) -> bool:
         """Whether the request goes through the cache (``match`` sees it with its body read)."""
         if self.match is None:
-            return convert.default_match(request)
+            return convert.json_post(request.method, content_type)
         return bool(self.match(request))
 
-    def plan(self, request: Any) -> Any:
+    def plan(self, request: Any, content_type: Optional[str], chosen: Optional[dict[str, str]]) -> Any:
         """``(mode, store, function, key, packed request, hit or MISSING)``, or ``None`` to send
         the request uncached (mode off). Offline, a miss raises ``CacheMiss``."""
         cache = self.cache
         mode = cache.current_mode()
         if mode is _OFF:
             return None
-        packed = keys.pack_normalized(convert.request_tree(request, request.content, self.key_headers), "the request")
+        parts = convert.request_parts(request, chosen)
+        packed = convert.pack_request(parts, convert.packed_body(request.content, content_type))
         key = _hexdigest(_KEY_PREFIX + packed)
-        function = convert.function_id(request.method, request.url)
+        function = convert.function_id(parts)
         store = cache.store(create=mode.writes)
         value = MISSING
         if store is not None and mode.reads:
@@ -326,11 +328,12 @@ class CachingTransport(_TransportBase):
 
     def handle_request(self, request: Any) -> Any:
         http = self._http
+        content_type, chosen = convert.examine(request, http.key_header_bytes)
         if http.match is not None:
             request.read()  # a predicate may look at the body
-        if http.wants(request):
+        if http.wants(request, content_type):
             request.read()
-            plan = http.plan(request)
+            plan = http.plan(request, content_type, chosen)
             if plan is not None:
                 value = plan[5]
                 if value is MISSING:
@@ -428,11 +431,12 @@ class AsyncCachingTransport(_TransportBase):
 
     async def handle_async_request(self, request: Any) -> Any:
         http = self._http
+        content_type, chosen = convert.examine(request, http.key_header_bytes)
         if http.match is not None:
+            await request.aread()  # a predicate may look at the body
+        if http.wants(request, content_type):
             await request.aread()
-        if http.wants(request):
-            await request.aread()
-            plan = http.plan(request)
+            plan = http.plan(request, content_type, chosen)
             if plan is not None:
                 value = plan[5]
                 if value is MISSING:
