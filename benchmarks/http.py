@@ -162,7 +162,7 @@ def run(settings: Settings) -> Section:
             sdk_ops["vcrpy"], transport_ops["transport-vcrpy"], cassette = replay
     try:
         sdk_stats = measure(
-            sdk_ops, reps=max(100, settings.reps // 5), rounds=settings.rounds, warmup=settings.warmup // 5
+            sdk_ops, reps=max(300, settings.reps // 5), rounds=settings.rounds, warmup=settings.warmup // 5
         )  # an SDK call costs ~100x a decorator hit
         transport_stats = measure(transport_ops, reps=settings.reps, rounds=settings.rounds, warmup=settings.warmup)
     finally:
