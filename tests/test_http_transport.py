@@ -340,6 +340,14 @@ def test_offline_miss_raises_cache_miss_naming_the_request(server: FakeLLMServer
         chat(server, offline, "never recorded either")
 
 
+def test_offline_miss_says_how_the_request_differs_from_the_nearest_entry(server: FakeLLMServer, tmp_path) -> None:
+    http = memollm.http.client(cache_dir=tmp_path)
+    chat(server, http, "what is recorded", temperature=0.0)
+    with cache_mode("offline"), pytest.raises(CacheMiss) as caught:
+        chat(server, http, "what is recorded", temperature=0.2)
+    assert "temperature" in str(caught.value), str(caught.value)
+
+
 def test_modes_readonly_refresh_off(server: FakeLLMServer, tmp_path) -> None:
     chat(server, memollm.http.client(cache_dir=tmp_path, mode="readonly"), "modes")
     chat(server, memollm.http.client(cache_dir=tmp_path, mode="readonly"), "modes")

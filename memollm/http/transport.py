@@ -103,7 +103,8 @@ class HttpCache:
         if value is MISSING and mode is _OFFLINE:
             cache.note_miss(store, function, key)
             url = request.url
-            raise cache.miss_error(store, function, key, what=f"{request.method} {url.scheme}://{url.netloc.decode('ascii')}{url.path}")
+            asked = f"{request.method} {url.scheme}://{url.netloc.decode('ascii')}{url.path}"
+            raise cache.miss_error(store, function, key, what=asked, detail=cache.nearest_differences(store, function, key, request_tree(packed)))
         return mode, store, function, key, packed, value
 
     # -- a response -------------------------------------------------------------------------
