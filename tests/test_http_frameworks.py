@@ -119,12 +119,40 @@ def test_decorated_helper_returning_a_stream_manager_warns_with_the_fixes(server
     def anthropic_helper(prompt: str) -> Any:
         return ant.messages.stream(model=CLAUDE, max_tokens=8, messages=[{"role": "user", "content": prompt}])
 
-    for helper in (openai_helper, anthropic_helper):
+    aoai = openai.AsyncOpenAI(api_key="sk-x", base_url=server.base_url, max_retries=0)
+    aant = anthropic.AsyncAnthropic(api_key="sk-x", base_url=server.anthropic_base_url, max_retries=0)
+
+    @cache_llm(cache_dir=tmp_path)
+    def async_openai_helper(prompt: str) -> Any:
+        return aoai.chat.completions.stream(model="gpt-test", messages=[{"role": "user", "content": prompt}])
+
+    @cache_llm(cache_dir=tmp_path)
+    def async_anthropic_helper(prompt: str) -> Any:
+        return aant.messages.stream(model=CLAUDE, max_tokens=8, messages=[{"role": "user", "content": prompt}])
+
+    def warned(call: Any) -> list[str]:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            with helper("managed") as stream:
-                list(stream)
-        messages = [str(w.message) for w in caught]
+            call()
+        return [str(w.message) for w in caught]
+
+    def consume(helper: Any) -> None:
+        with helper("managed") as stream:
+            list(stream)
+
+    async def consume_async(helper: Any) -> None:
+        async with helper("managed async") as stream:
+            async for _ in stream:
+                pass
+
+    import asyncio
+
+    for messages in (
+        warned(lambda: consume(openai_helper)),
+        warned(lambda: consume(anthropic_helper)),
+        warned(lambda: asyncio.run(consume_async(async_openai_helper))),
+        warned(lambda: asyncio.run(consume_async(async_anthropic_helper))),
+    ):
         assert any("memollm.http" in m and "generator" in m and "yield" in m for m in messages), messages
         assert not any("allow_pickle" in m for m in messages)
 

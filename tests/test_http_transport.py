@@ -513,6 +513,36 @@ def test_record_in_one_process_replay_offline_in_another(tmp_path) -> None:
     assert replayed.stdout == recorded.stdout == "echo: across processes|echo: streamed across\n"
 
 
+TOGETHER = """
+import os, sys, time, openai, memollm.http
+base_url, cache_dir, go = sys.argv[1], sys.argv[2], sys.argv[3]
+client = openai.OpenAI(api_key="sk-x", base_url=base_url, http_client=memollm.http.client(cache_dir=cache_dir), max_retries=0, timeout=30)
+print("ready", flush=True)
+deadline = time.monotonic() + 30
+while not os.path.exists(go) and time.monotonic() < deadline:
+    time.sleep(0.005)
+print(client.chat.completions.create(model="gpt-test", messages=[{"role": "user", "content": "one for all"}]).choices[0].message.content)
+"""
+
+
+def test_single_flight_across_processes(server: FakeLLMServer, tmp_path) -> None:
+    server.delay = 1.0
+    go = tmp_path / "go"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
+    args = [sys.executable, "-c", TOGETHER, server.base_url, str(tmp_path / "cache"), str(go)]
+    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(3)]
+    try:
+        for proc in procs:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        go.touch()
+        outputs = [proc.communicate(timeout=60) for proc in procs]
+    finally:
+        for proc in procs:
+            proc.kill()
+    assert [out.strip() for out, _ in outputs] == ["echo: one for all"] * 3, [err for _, err in outputs]
+    assert server.request_count == 1
+
+
 def test_entries_are_listed_by_the_cli(server: FakeLLMServer, tmp_path) -> None:
     chat(server, memollm.http.client(cache_dir=tmp_path), "listed")
     done = subprocess.run([sys.executable, "-m", "memollm", "ls", "--cache-dir", str(tmp_path)], capture_output=True, text=True, timeout=60)
