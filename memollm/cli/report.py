@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from .common import EXIT_OK, CacheDir, CliError, FunctionStats, Listed
-from .entries import UnreadableEntry, read_entry
+from .entries import UnreadableEntry, read_entry, readable
 from .stats import collect
 from .ui import Progress, as_text, console, human_size, one_line, plural, type_name
 
@@ -143,7 +143,7 @@ def _call(cache: CacheDir, row: Listed) -> Call:
         call.returned = text(stream.result, pretty=False)
         call.type = f"stream of {len(stream.chunks)} chunks"
     else:
-        call.response = text(shown.value)
+        call.response = text(readable(shown.value))
     call.cut = cut
     return call
 
