@@ -81,8 +81,8 @@ class Report:
 
 def gather(cache: CacheDir, calls: int = CALLS_DEFAULT) -> Report:
     """Collect the report's figures from an open cache dir."""
-    functions, total, persisted = collect(cache)
     rows = cache.rows()
+    functions, total, persisted = collect(cache, rows=rows)
     report = Report(
         cache_dir=cache.path,
         generated=time.time(),
