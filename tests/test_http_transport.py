@@ -392,11 +392,11 @@ def test_modes_readonly_refresh_off(server: FakeLLMServer, tmp_path) -> None:
 
 
 def test_ttl_expires_entries(server: FakeLLMServer, tmp_path) -> None:
-    http = memollm.http.client(cache_dir=tmp_path, ttl=0.3)
+    http = memollm.http.client(cache_dir=tmp_path, ttl=1.5)
     chat(server, http, "short lived")
     chat(server, http, "short lived")
     assert server.request_count == 1
-    time.sleep(0.35)
+    time.sleep(1.6)
     chat(server, http, "short lived")
     assert server.request_count == 2
 
