@@ -48,11 +48,16 @@ def make_private_dirs(path: str) -> None:
     parent = os.path.dirname(path)
     if parent and parent != path:
         make_private_dirs(parent)
-    try:
-        os.mkdir(path, 0o700)
-    except FileExistsError:
-        if not os.path.isdir(path):
-            raise
+    for attempt in range(3):
+        try:
+            os.mkdir(path, 0o700)
+            return
+        except FileExistsError:
+            if os.path.isdir(path):
+                return
+            if attempt == 2 or os.path.lexists(path):  # a file or link in the way: not ours to remove
+                raise
+            # else a concurrent delete removed the directory between the two calls: make it again
 
 
 class MsgpackStoreBackend(FileSystemStoreBackend):
