@@ -92,15 +92,17 @@ class Stream:
     offsets: list[float] = field(default_factory=list)
 
 
-def pack_entry(meta: EntryMeta, body: "bytes | bytearray", secret: Optional[bytes] = None) -> bytes:
-    """Assemble an entry from its metadata and already-encoded body.
-
-    The checksum (and signature) are computed incrementally, so the body is copied once: a
-    recorded stream of N bytes peaks at about 2N while it is packed.
-    """
+def _head(meta: EntryMeta, secret: Optional[bytes]) -> bytes:
     header = msgpack.packb(meta.header(), use_bin_type=True)
-    flags = FLAG_SIGNED if secret else 0
-    head = _PREFIX.pack(MAGIC, FORMAT, flags, len(header)) + header
+    return _PREFIX.pack(MAGIC, FORMAT, FLAG_SIGNED if secret else 0, len(header)) + header
+
+
+def pack_entry(meta: EntryMeta, body: "bytes | bytearray", secret: Optional[bytes] = None) -> bytes:
+    """Assemble an entry from its metadata and already-encoded body (copied once).
+
+    The checksum (and signature) are computed incrementally over the parts.
+    """
+    head = _head(meta, secret)
     checksum = xxhash.xxh3_128()
     checksum.update(head)
     checksum.update(body)
@@ -111,6 +113,16 @@ def pack_entry(meta: EntryMeta, body: "bytes | bytearray", secret: Optional[byte
             mac.update(part)
         parts.append(mac.digest())
     return b"".join(parts)
+
+
+def pack_entry_in_place(meta: EntryMeta, body: bytearray, secret: Optional[bytes] = None) -> bytearray:
+    """``pack_entry`` that turns ``body`` itself into the entry (no copy of the body: a recorded
+    stream of N bytes peaks at about N while it is packed). ``body`` must not be used after."""
+    body[0:0] = _head(meta, secret)  # moved within the buffer, which usually has room to spare
+    body += xxhash.xxh3_128_digest(body)
+    if secret:
+        body += hmac.new(secret, body, hashlib.sha256).digest()
+    return body
 
 
 def encode_value(meta: EntryMeta, value: Any, secret: Optional[bytes] = None, allow_pickle: bool = False) -> bytes:
@@ -135,7 +147,7 @@ def read_meta(data: bytes, secret: Optional[bytes] = None) -> tuple[EntryMeta, m
     if flags & FLAG_SIGNED:
         end -= _MAC_LEN
         if secret is not None:
-            mac = hmac.new(secret, data[:end], hashlib.sha256).digest()
+            mac = hmac.new(secret, memoryview(data)[:end], hashlib.sha256).digest()
             if not hmac.compare_digest(mac, data[end:]):
                 raise CorruptEntry("entry signature does not match the secret")
     elif secret is not None:

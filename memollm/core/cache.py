@@ -25,7 +25,7 @@ import msgpack
 from .. import flight, observe, streams
 from ..codec import UndecodableValue, UnencodableValue, decode, decode_for_display
 from ..config import cache_dir_for, disk_store, is_open
-from ..entry import KIND_STREAM, KIND_VALUE, CorruptEntry, EntryMeta, decode_body, encode_value, pack_entry, read_meta
+from ..entry import KIND_STREAM, KIND_VALUE, CorruptEntry, EntryMeta, decode_body, encode_value, pack_entry_in_place, read_meta
 from ..errors import CacheMiss
 from ..keys import KEY_FORMAT
 from ..modes import Mode, current_mode
@@ -314,9 +314,9 @@ class Cache:
             return
         self.write(store, meta, data)
 
-    def write(self, store: Store, meta: EntryMeta, data: bytes) -> None:
+    def write(self, store: Store, meta: EntryMeta, data: "bytes | bytearray") -> None:
         try:
-            store.set(meta, data)
+            store.set(meta, data)  # type: ignore[arg-type]  # a bytearray only for stores that accept one
         except Exception as exc:
             report(store, "write", f"memollm: cannot write to the cache at {store.location} ({exc}); results are returned but not cached", exc)
 
@@ -377,7 +377,10 @@ class Cache:
             judged = subject(recorder, result) if subject is not None else _recorded_chunks(body)
             if not self.deserves(function, judged):
                 return
-        self.write(store, meta, pack_entry(meta, body, self.secret))
+        data: "bytes | bytearray" = pack_entry_in_place(meta, body, self.secret)  # the recorder's buffer becomes the entry: no copy
+        if not getattr(store, "accepts_bytearray", False):  # other stores (a user's own) get the bytes type they expect
+            data = bytes(data)
+        self.write(store, meta, data)
 
     # -- samples ----------------------------------------------------------------------------
 
