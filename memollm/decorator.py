@@ -231,7 +231,11 @@ class _Engine:
             if value is MISSING:
                 value, release = self.cache.acquire(plan[0], plan[1], self.function_id, plan[2])
             if isinstance(value, Stream):
-                return (yield from streams.replay(value, self.realtime))
+                if self.realtime:
+                    return (yield from streams.replay(value, True))
+                for chunk in value.chunks:  # inline: one generator level less per chunk than replay()
+                    yield chunk
+                return value.result
             source, recorder, finish = self.start_recording(plan, release, wrapped, instance, args, kwargs)
             return (yield from streams.record(source, recorder, finish))
 

@@ -1278,3 +1278,35 @@ async def test_an_exception_thrown_into_an_async_generator_reaches_the_helper(tm
 
     assert await collect() == await collect() == ["first", "last"]
     assert calls == ["p", "p", "p"]
+
+
+def test_replayed_chunks_are_never_shared_when_they_could_be_changed(tmp_path: Any) -> None:
+    @cache_llm(cache_dir=tmp_path)
+    def deltas(prompt: str) -> Any:
+        yield {"delta": {"content": "a"}}
+        yield ("b", {"nested": ["c"]})
+        return ["done"]
+
+    @cache_llm(cache_dir=tmp_path)
+    def words(prompt: str) -> Any:
+        yield from ["x", "y", ("t", 1)]
+        return "end"
+
+    for fn, expected, result in ((deltas, [{"delta": {"content": "a"}}, ("b", {"nested": ["c"]})], ["done"]), (words, ["x", "y", ("t", 1)], "end")):
+        list(fn("q"))
+        for _ in range(3):  # immutable chunks (text) may be the same objects at every hit; others are fresh copies
+            gen = fn("q")
+            got = []
+            while True:
+                try:
+                    got.append(next(gen))
+                except StopIteration as stop:
+                    assert stop.value == result
+                    if isinstance(stop.value, list):
+                        stop.value.append("changed by the caller")
+                    break
+            assert got == expected
+            if fn is deltas:
+                got[0]["delta"]["content"] = "changed by the caller"
+                got[1][1]["nested"].append("changed by the caller")
+        assert fn.cache_info().misses == 1

@@ -25,7 +25,7 @@ import msgpack
 from .. import flight, observe, streams
 from ..codec import UndecodableValue, UnencodableValue, decode, decode_for_display
 from ..config import cache_dir_for, disk_store, is_open
-from ..entry import KIND_STREAM, KIND_VALUE, CorruptEntry, EntryMeta, decode_body, encode_value, pack_entry_in_place, read_meta
+from ..entry import KIND_STREAM, KIND_VALUE, CorruptEntry, EntryMeta, Stream, decode_body, encode_value, pack_entry_in_place, read_meta
 from ..errors import CacheMiss
 from ..keys import KEY_FORMAT
 from ..modes import Mode, current_mode
@@ -46,9 +46,15 @@ checked again while the store hands back the very same bytes)."""
 VERIFIED_ITEM_MAX = 2**20
 """Larger entries are verified at every hit: stores do not keep them in memory either."""
 
-# key -> (entry bytes, meta, body, is a plain value, secret it was verified with)
-_verified: dict[str, tuple[bytes, EntryMeta, memoryview, bool, Optional[bytes]]] = {}
+# key -> (entry bytes, meta, body, is a plain value, secret it was verified with, shared value)
+# The shared value is the decoded value (for a stream: its chunks, result and offsets as tuples)
+# when nothing in it can be mutated (str, bytes, numbers...: see _immutable), so every hit can
+# hand out the same objects; else MISSING (each hit decodes a fresh copy), or None (not decoded yet).
+_verified: dict[str, tuple[bytes, EntryMeta, memoryview, bool, Optional[bytes], Any]] = {}
 _verified_bytes = [0]
+_IMMUTABLE = frozenset({str, bytes, int, float, bool, type(None)})
+SHARED_ITEMS_MAX = 100_000
+"""Chunks of a stream shared between hits at most (each counts 64 bytes against VERIFIED_BYTES_MAX)."""
 
 
 def _noop() -> None:
@@ -110,7 +116,13 @@ class Cache:
             meta = verified[1]
             if (meta.expires is not None or self.ttl is not None) and self.expired(meta):
                 return MISSING
-            value = decode(verified[2], self.allow_pickle) if verified[3] else decode_body(meta, verified[2], self.allow_pickle)
+            shared = verified[5]
+            if shared is not None and shared is not MISSING:
+                value = shared if verified[3] else Stream(*shared)
+            else:
+                value = decode(verified[2], self.allow_pickle) if verified[3] else decode_body(meta, verified[2], self.allow_pickle)
+                if shared is None:
+                    _share(key, verified, value)
         except (CorruptEntry, UndecodableValue) as exc:
             warn_once(store.location, "corrupt", f"memollm: unreadable cache entry {key} in {store.location} ({exc}); recomputing it")
             return MISSING
@@ -125,18 +137,18 @@ class Cache:
             observe.notify_read(store, meta)
         return value
 
-    def _verify(self, key: str, data: bytes) -> tuple[bytes, EntryMeta, memoryview, bool, Optional[bytes]]:
+    def _verify(self, key: str, data: bytes) -> tuple[bytes, EntryMeta, memoryview, bool, Optional[bytes], Any]:
         """Check an entry's integrity (and signature); small entries are remembered by the
         identity of their bytes, within ``VERIFIED_BYTES_MAX`` per process."""
         meta, body = read_meta(data, self.secret)
         if meta.key != key:
             raise CorruptEntry(f"entry holds key {meta.key}, not {key}")
-        verified = (data, meta, body, meta.kind == KIND_VALUE, self.secret)
         size = len(data)
+        verified = (data, meta, body, meta.kind == KIND_VALUE, self.secret, None if size <= VERIFIED_ITEM_MAX else MISSING)
         if size <= VERIFIED_ITEM_MAX:
             previous = _verified.pop(key, None)
             if previous is not None:
-                _verified_bytes[0] -= len(previous[0])
+                _verified_bytes[0] -= _weight(previous)
             if _verified_bytes[0] + size > VERIFIED_BYTES_MAX:
                 _verified.clear()
                 _verified_bytes[0] = 0
@@ -441,6 +453,39 @@ class Cache:
         except Exception as exc:
             report(store, "delete", f"memollm: cannot delete from the cache at {store.location} ({exc})", exc)
             return False
+
+
+def _weight(verified: tuple[Any, ...]) -> int:
+    """What a remembered entry counts against ``VERIFIED_BYTES_MAX``."""
+    shared = verified[5]
+    extra = 64 * len(shared[0]) if not verified[3] and shared is not None and shared is not MISSING else 0
+    return len(verified[0]) + extra
+
+
+def _immutable(value: Any) -> bool:
+    """Whether nothing in ``value`` can be changed by whoever receives it (tuples of such included)."""
+    t = type(value)
+    if t in _IMMUTABLE:
+        return True
+    return t is tuple and all(_immutable(v) for v in value)
+
+
+def _share(key: str, verified: tuple[Any, ...], value: Any) -> None:
+    """After the first decode of a remembered entry: keep the value to hand out again if it is
+    immutable (the chunks of a stream of text, a str answer), else note that it is not."""
+    shared: Any = MISSING
+    if verified[3]:
+        if _immutable(value):
+            shared = value
+    elif len(value.chunks) <= SHARED_ITEMS_MAX and _immutable(value.result) and all(map(_immutable, value.chunks)):
+        shared = (tuple(value.chunks), value.result, tuple(value.offsets))
+        extra = 64 * len(value.chunks)  # the decoded objects outweigh their encoding: count them too
+        if _verified_bytes[0] + extra > VERIFIED_BYTES_MAX:
+            shared = MISSING
+        else:
+            _verified_bytes[0] += extra
+    if _verified.get(key) is verified:
+        _verified[key] = (*verified[:5], shared)
 
 
 def report(store: Store, problem: str, message: str, exc: BaseException) -> None:
