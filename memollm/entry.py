@@ -25,6 +25,11 @@ import xxhash
 
 from . import codec
 
+try:
+    import ormsgpack
+except ImportError:  # pragma: no cover - msgpack reads every header
+    ormsgpack = None  # type: ignore[assignment]
+
 MAGIC = b"MLLM"
 FORMAT = 1
 FLAG_SIGNED = 1
@@ -160,7 +165,7 @@ def read_meta(data: bytes, secret: Optional[bytes] = None) -> tuple[EntryMeta, m
         raise CorruptEntry("entry checksum mismatch (torn or altered)")
     start = _PREFIX.size
     try:
-        h = msgpack.unpackb(view[start : start + header_len], raw=False, strict_map_key=False)
+        h = _unpack_header(view[start : start + header_len])
         meta = EntryMeta(
             function=h["fn"],
             key=h["key"],
@@ -177,6 +182,17 @@ def read_meta(data: bytes, secret: Optional[bytes] = None) -> tuple[EntryMeta, m
     except Exception as exc:
         raise CorruptEntry(f"bad entry header: {exc}") from exc
     return meta, view[start + header_len : body_end]
+
+
+def _unpack_header(raw: memoryview) -> Any:
+    # The native decoder is ~2x faster on a header that records a request; it takes only str
+    # map keys (a request may hold others): msgpack decides whatever it refuses.
+    if ormsgpack is not None:
+        try:
+            return ormsgpack.unpackb(raw)
+        except Exception:
+            pass
+    return msgpack.unpackb(raw, raw=False, strict_map_key=False)
 
 
 def decode_body(meta: EntryMeta, body: memoryview, allow_pickle: bool = False, display: bool = False) -> Any:
