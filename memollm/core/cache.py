@@ -111,8 +111,9 @@ class Cache:
             return MISSING
         try:
             verified = _verified.get(key)
-            if verified is None or verified[0] is not data or verified[4] is not self.secret:
-                verified = self._verify(key, data)  # else: the very bytes verified before
+            if verified is None or (verified[0] is not data and verified[0] != data) or verified[4] is not self.secret:
+                verified = self._verify(key, data)  # else: the very bytes verified before (equal bytes: a
+                # store handing out copies, e.g. Redis; a changed entry differs in length or early on)
             meta = verified[1]
             if (meta.expires is not None or self.ttl is not None) and self.expired(meta):
                 return MISSING
