@@ -15,7 +15,8 @@ import wrapt
 
 from . import keys, streams
 from .config import TTL
-from .core import MISSING, Cache, CacheOptions, request_tree, resolve
+from .core import MISSING, Cache, CacheOptions, request_tree, resolve, samples
+from .core import explain as explaining
 from .entry import Stream
 from .errors import CacheMiss
 from .modes import Mode, current_mode
@@ -129,10 +130,12 @@ class _Engine:
             if maybe_key is None:
                 return None
             key = maybe_key
-        sample = None
-        if cache.sampler is not None:
+        base = key
+        if cache.sampler is None:
+            sample = None
+        else:
             key, sample = cache.sample_key(key)
-        store = cache.store(create=mode.writes)
+        store = cache.fixed_store or cache.store(create=mode.writes)  # (a fixed store without a call)
         value = MISSING
         if store is not None and mode.reads:
             value = cache.lookup(store, self.function_id, key)
@@ -140,15 +143,31 @@ class _Engine:
             if not self._fits(self.full_args(instance, args), kwargs):
                 return None  # a call the function rejects: let it raise its own TypeError
             cache.note_miss(store, self.function_id, key)
-            raise self.offline_miss(store, key, sample)
+            raise self.offline_miss(store, base, key, sample, self.request(instance, args, kwargs))
         return mode, store, key, value, sample
 
-    def offline_miss(self, store: Optional[Store], key: str, sample: Optional[int]) -> CacheMiss:
-        detail = ""
+    def offline_miss(self, store: Optional[Store], base: str, key: str, sample: Optional[int], request: Any) -> CacheMiss:
+        """The offline ``CacheMiss``, with how the call differs from the nearest recorded entry."""
+        lines = []
         if sample is not None:
-            recorded = self.cache.recorded_samples(store, self.function_id, key)
-            detail = f"samples={self.cache.samples}: {recorded} of them recorded for this request, none as sample {sample}."
-        return self.cache.miss_error(store, self.function_id, key, detail=detail)
+            recorded = self.cache.recorded_samples(store, self.function_id, base)
+            lines.append(f"samples={self.cache.samples}: {recorded} of {self.cache.samples} recorded for this request, not sample {sample}.")
+        try:
+            nearest = explaining.explain(store, self.function_id, key, "miss", self.cache.identity, request, self.cache.record_request).summary()
+        except Exception:  # the message is a courtesy: never let it hide the miss
+            nearest = ""
+        if nearest:
+            lines.append(nearest)
+        return self.cache.miss_error(store, self.function_id, key, detail="\n".join(lines))
+
+    def explain(self, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> explaining.Explanation:
+        """What a call with these arguments would do now, and why (see ``CachedFunction.explain``)."""
+        key = self.key(self.full_args(instance, args), kwargs)
+        sample = None
+        if self.cache.sampler is not None:
+            sample = self.cache.sampler.peek(key)
+            key = samples.sample_key(key, sample)
+        return self.cache.explain(self.function_id, key, self.request(instance, args, kwargs), sample)
 
     def recording(self, result: Any, finish: streams.Finish, is_async: bool) -> Any:
         """A proxy that records a returned stream while it is consumed, the way the function's
@@ -187,14 +206,14 @@ class _Engine:
         plan = self.prepare(instance, args, kwargs)
         if plan is None:
             return wrapped(*args, **kwargs)
-        value = plan[3]
+        mode, store, key, value, _ = plan
         if value is not MISSING:
             return value if type(value) is not Stream else self.deliver(value, False)
-        value, release = self.cache.acquire(plan[0], plan[1], self.function_id, plan[2])
+        value, release = self.cache.acquire(mode, store, self.function_id, key)
         if value is not MISSING:
             return self.deliver(value, False)
         try:
-            self.cache.note_miss(plan[1], self.function_id, plan[2])
+            self.cache.note_miss(store, self.function_id, key)
             request = self.request(instance, args, kwargs)
             start = time.perf_counter()
             result = wrapped(*args, **kwargs)
@@ -332,6 +351,12 @@ class _CacheMethods(_HasEngine):
         """Remove the entry of a call with these arguments; True if it existed."""
         engine = self._self_engine
         return engine.invalidate(engine.full_args(self._bound_instance(), args), kwargs)
+
+    def explain(self, *args: Any, **kwargs: Any) -> explaining.Explanation:
+        """What a call with these arguments would do now: ``"hit"``, ``"expired"`` or ``"miss"``,
+        and for a miss the nearest recorded entries with what differs (argument paths with both
+        values, a changed source or ``version``, another key format). Calls nothing."""
+        return self._self_engine.explain(self._bound_instance(), args, kwargs)
 
 
 class _BoundCachedFunction(_CacheMethods, wrapt.BoundFunctionWrapper):  # type: ignore[misc]

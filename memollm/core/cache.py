@@ -16,8 +16,10 @@ Nothing here knows what a Python function or an HTTP request is.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
+import weakref
 from typing import Any, Callable, Optional
 
 import msgpack
@@ -33,6 +35,7 @@ from ..report import warn_once, warn_uncacheable
 from ..stats import CacheInfo, Counters, tokens_of
 from ..stores.base import Store
 from ..trust import UntrustedCacheDir
+from . import explain as explaining
 from . import samples
 from .options import CacheOptions
 
@@ -46,15 +49,30 @@ checked again while the store hands back the very same bytes)."""
 VERIFIED_ITEM_MAX = 2**20
 """Larger entries are verified at every hit: stores do not keep them in memory either."""
 
-# key -> (entry bytes, meta, body, is a plain value, secret it was verified with, shared value)
+Verified = tuple[bytes, EntryMeta, memoryview, bool, Any]  # entry bytes, meta, body, is a plain value, shared value
 # The shared value is the decoded value (for a stream: its chunks, result and offsets as tuples)
 # when nothing in it can be mutated (str, bytes, numbers...: see _immutable), so every hit can
 # hand out the same objects; else MISSING (each hit decodes a fresh copy), or None (not decoded yet).
-_verified: dict[str, tuple[bytes, EntryMeta, memoryview, bool, Optional[bytes], Any]] = {}
+_verified: dict[str, Verified] = {}  # entries verified without a secret, by key
+_signed: "weakref.WeakSet[Cache]" = weakref.WeakSet()  # caches with a secret keep their own
 _verified_bytes = [0]
 _IMMUTABLE = frozenset({str, bytes, int, float, bool, type(None)})
 SHARED_ITEMS_MAX = 100_000
 """Chunks of a stream shared between hits at most (each counts 64 bytes against VERIFIED_BYTES_MAX)."""
+
+
+def remember(table: dict[str, Verified], key: str, verified: Verified, size: int) -> None:
+    """Keep a verified entry, within ``VERIFIED_BYTES_MAX`` for all tables of the process."""
+    previous = table.pop(key, None)
+    if previous is not None:
+        _verified_bytes[0] -= _weight(previous)
+    if _verified_bytes[0] + size > VERIFIED_BYTES_MAX:
+        _verified.clear()
+        for cache in list(_signed):
+            cache._verified.clear()
+        _verified_bytes[0] = 0
+    table[key] = verified
+    _verified_bytes[0] += size
 
 
 def _noop() -> None:
@@ -77,8 +95,14 @@ class Cache:
         self.cache_if = options.cache_if
         self.record_request = options.record_request
         self.samples = options.samples
+        self.cache_dir = options.cache_dir
+        self.max_size = options.max_size
         self.counters = Counters()
         self.sampler = samples.Sampler(options.samples) if options.samples else None
+        self._verified: dict[str, Verified] = _verified
+        if options.secret is not None:  # entries verified under this secret only
+            self._verified = {}
+            _signed.add(self)
 
     def current_mode(self) -> Mode:
         return current_mode(self.mode)
@@ -90,11 +114,11 @@ class Cache:
         its cache dir does not exist and ``create`` is false (nothing to read there)."""
         if self.fixed_store is not None:
             return self.fixed_store
-        path = cache_dir_for(self.options.cache_dir)
+        path = cache_dir_for(self.cache_dir)
         if not create and not is_open(path) and not os.path.isdir(path):
             return None
         try:
-            return disk_store(path, self.options.max_size)
+            return disk_store(path, self.max_size)
         except Exception as exc:
             warn_once(path, "open", f"memollm: cannot use the cache dir {path} ({exc}); calls go to the provider uncached")
             return None
@@ -110,20 +134,20 @@ class Cache:
         if data is None:
             return MISSING
         try:
-            verified = _verified.get(key)
-            if verified is None or (verified[0] is not data and verified[0] != data) or verified[4] is not self.secret:
+            verified = self._verified.get(key)
+            if verified is None or (verified[0] is not data and verified[0] != data):
                 verified = self._verify(key, data)  # else: the very bytes verified before (equal bytes: a
                 # store handing out copies, e.g. Redis; a changed entry differs in length or early on)
             meta = verified[1]
             if (meta.expires is not None or self.ttl is not None) and self.expired(meta):
                 return MISSING
-            shared = verified[5]
+            shared = verified[4]
             if shared is not None and shared is not MISSING:
                 value = shared if verified[3] else Stream(*shared)
             else:
                 value = decode(verified[2], self.allow_pickle) if verified[3] else decode_body(meta, verified[2], self.allow_pickle)
                 if shared is None:
-                    _share(key, verified, value)
+                    _share(self._verified, key, verified, value)
         except (CorruptEntry, UndecodableValue) as exc:
             warn_once(store.location, "corrupt", f"memollm: unreadable cache entry {key} in {store.location} ({exc}); recomputing it")
             return MISSING
@@ -138,23 +162,16 @@ class Cache:
             observe.notify_read(store, meta)
         return value
 
-    def _verify(self, key: str, data: bytes) -> tuple[bytes, EntryMeta, memoryview, bool, Optional[bytes], Any]:
+    def _verify(self, key: str, data: bytes) -> Verified:
         """Check an entry's integrity (and signature); small entries are remembered by the
         identity of their bytes, within ``VERIFIED_BYTES_MAX`` per process."""
         meta, body = read_meta(data, self.secret)
         if meta.key != key:
             raise CorruptEntry(f"entry holds key {meta.key}, not {key}")
         size = len(data)
-        verified = (data, meta, body, meta.kind == KIND_VALUE, self.secret, None if size <= VERIFIED_ITEM_MAX else MISSING)
+        verified = (data, meta, body, meta.kind == KIND_VALUE, None if size <= VERIFIED_ITEM_MAX else MISSING)
         if size <= VERIFIED_ITEM_MAX:
-            previous = _verified.pop(key, None)
-            if previous is not None:
-                _verified_bytes[0] -= _weight(previous)
-            if _verified_bytes[0] + size > VERIFIED_BYTES_MAX:
-                _verified.clear()
-                _verified_bytes[0] = 0
-            _verified[key] = verified
-            _verified_bytes[0] += size
+            remember(self._verified, key, verified, size)
         return verified
 
     def expired(self, meta: EntryMeta) -> bool:
@@ -417,6 +434,24 @@ class Cache:
                 pass
         return count
 
+    # -- explaining ------------------------------------------------------------------------
+
+    def explain(self, function: str, key: str, request: Any, sample: Optional[int] = None) -> explaining.Explanation:
+        """What a lookup of ``key`` would do now, and for a miss how ``request`` differs from
+        the nearest recorded entries of ``function``."""
+        mode = self.current_mode()
+        store = self.store(create=False)
+        outcome = explaining.outcome_of(store, function, key, self.secret, self.ttl)
+        found = explaining.explain(store, function, key, outcome, self.identity, request, self.record_request)
+        notes = [found.note] if found.note else []
+        if not mode.reads:
+            notes.append(f"the cache mode is {mode.value!r}: the call would not read the cache")
+        if sample is not None:
+            notes.append(f"sample {sample} of samples={self.samples}")
+        if len(notes) != (1 if found.note else 0):
+            found = dataclasses.replace(found, note="; ".join(notes))
+        return found
+
     # -- management -----------------------------------------------------------------------
 
     def info(self, functions: Callable[[str], bool]) -> CacheInfo:
@@ -456,39 +491,6 @@ class Cache:
             return False
 
 
-def _weight(verified: tuple[Any, ...]) -> int:
-    """What a remembered entry counts against ``VERIFIED_BYTES_MAX``."""
-    shared = verified[5]
-    extra = 64 * len(shared[0]) if not verified[3] and shared is not None and shared is not MISSING else 0
-    return len(verified[0]) + extra
-
-
-def _immutable(value: Any) -> bool:
-    """Whether nothing in ``value`` can be changed by whoever receives it (tuples of such included)."""
-    t = type(value)
-    if t in _IMMUTABLE:
-        return True
-    return t is tuple and all(_immutable(v) for v in value)
-
-
-def _share(key: str, verified: tuple[Any, ...], value: Any) -> None:
-    """After the first decode of a remembered entry: keep the value to hand out again if it is
-    immutable (the chunks of a stream of text, a str answer), else note that it is not."""
-    shared: Any = MISSING
-    if verified[3]:
-        if _immutable(value):
-            shared = value
-    elif len(value.chunks) <= SHARED_ITEMS_MAX and _immutable(value.result) and all(map(_immutable, value.chunks)):
-        shared = (tuple(value.chunks), value.result, tuple(value.offsets))
-        extra = 64 * len(value.chunks)  # the decoded objects outweigh their encoding: count them too
-        if _verified_bytes[0] + extra > VERIFIED_BYTES_MAX:
-            shared = MISSING
-        else:
-            _verified_bytes[0] += extra
-    if _verified.get(key) is verified:
-        _verified[key] = (*verified[:5], shared)
-
-
 def report(store: Store, problem: str, message: str, exc: BaseException) -> None:
     """Report a store failure once; an unreachable store (Redis down) or a dir that became untrusted
     is one problem, whatever failed."""
@@ -514,3 +516,36 @@ def _recorded_chunks(body: "bytes | bytearray") -> list[Any]:
 
 def _no_lock_path(key: str) -> None:
     return None
+
+
+def _weight(verified: Verified) -> int:
+    """What a remembered entry counts against ``VERIFIED_BYTES_MAX``."""
+    shared = verified[4]
+    extra = 64 * len(shared[0]) if not verified[3] and shared is not None and shared is not MISSING else 0
+    return len(verified[0]) + extra
+
+
+def _immutable(value: Any) -> bool:
+    """Whether nothing in ``value`` can be changed by whoever receives it (tuples of such included)."""
+    t = type(value)
+    if t in _IMMUTABLE:
+        return True
+    return t is tuple and all(_immutable(v) for v in value)
+
+
+def _share(table: dict[str, Verified], key: str, verified: Verified, value: Any) -> None:
+    """After the first decode of a remembered entry: keep the value to hand out again if it is
+    immutable (the chunks of a stream of text, a str answer), else note that it is not."""
+    shared: Any = MISSING
+    if verified[3]:
+        if _immutable(value):
+            shared = value
+    elif len(value.chunks) <= SHARED_ITEMS_MAX and _immutable(value.result) and all(map(_immutable, value.chunks)):
+        shared = (tuple(value.chunks), value.result, tuple(value.offsets))
+        extra = 64 * len(value.chunks)  # the decoded objects outweigh their encoding: count them too
+        if _verified_bytes[0] + extra > VERIFIED_BYTES_MAX:
+            shared = MISSING
+        else:
+            _verified_bytes[0] += extra
+    if table.get(key) is verified:
+        table[key] = (*verified[:4], shared)
