@@ -1,6 +1,6 @@
 """The ``memollm`` command: look into a cache dir, prune it, clear it, report on it, and run the demo.
 
-One module per command (``stats``, ``ls``, ``show``, ``prune``, ``clear``, ``report``, ``demo``, ``textconv``), each with
+One module per command (``stats``, ``ls``, ``show``, ``prune``, ``clear``, ``report``, ``demo``, ``textconv``, ``why``), each with
 its ``HELP``, ``add_arguments(parser)`` and ``run(args)``; this module builds the parser and runs
 one. Tables for people (``rich``), ``--json`` for scripts. Exit codes: 0 success, 1 error, 2
 usage. Errors are one line on stderr (set ``MEMOLLM_DEBUG=1`` for a traceback). Read-only
@@ -18,7 +18,7 @@ from types import ModuleType
 from typing import Any, Optional, Sequence
 
 from .. import __version__
-from . import clear, demo, ls, prune, report, show, stats, textconv
+from . import clear, demo, ls, prune, report, show, stats, textconv, why
 from .common import EXIT_ERROR, EXIT_OK, EXIT_USAGE, CacheDir, CliError, FunctionStats, Listed, match_functions
 from .ui import Progress
 
@@ -36,6 +36,7 @@ COMMANDS: dict[str, tuple[ModuleType, tuple[str, ...]]] = {
     "report": (report, ("cache_dir",)),
     "demo": (demo, ()),
     "textconv": (textconv, ()),
+    "why": (why, ("cache_dir", "json", "function")),
 }
 
 
