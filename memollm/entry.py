@@ -98,7 +98,7 @@ class Stream:
 
 
 def _head(meta: EntryMeta, secret: Optional[bytes]) -> bytes:
-    header = msgpack.packb(meta.header(), use_bin_type=True)
+    header = _pack_header(meta.header())
     return _PREFIX.pack(MAGIC, FORMAT, FLAG_SIGNED if secret else 0, len(header)) + header
 
 
@@ -182,6 +182,17 @@ def read_meta(data: bytes, secret: Optional[bytes] = None) -> tuple[EntryMeta, m
     except Exception as exc:
         raise CorruptEntry(f"bad entry header: {exc}") from exc
     return meta, view[start + header_len : body_end]
+
+
+def _pack_header(header: dict[str, Any]) -> bytes:
+    # Natively when it can (a recorded request makes headers kilobytes long); tagged values
+    # (msgpack ExtType) and non-str keys in a request go the msgpack way. Any encoding reads back.
+    if ormsgpack is not None:
+        try:
+            return ormsgpack.packb(header)  # type: ignore[no-any-return]
+        except Exception:
+            pass
+    return msgpack.packb(header, use_bin_type=True)  # type: ignore[no-any-return]
 
 
 def _unpack_header(raw: memoryview) -> Any:
