@@ -285,6 +285,8 @@ def print_table(title: str, headers: list[str], rows: Iterable[Iterable[Any]]) -
 def print_ratios(section: Section) -> None:
     """The section's ratios with their targets and a verdict."""
     if not section.ratios:
+        for reason in section.skipped.items():
+            print(f"\n{section.name}: skipped {reason[0]}: {reason[1]}")
         return
     rows = []
     for name, value in section.ratios.items():

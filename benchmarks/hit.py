@@ -164,10 +164,10 @@ def contenders(settings: Settings, section: Section) -> dict[str, Callable[[], A
 
 
 TARGETS = [
-    ("joblib/memollm-disk", "joblib", "memollm-disk", ">= 20"),
-    ("diskcache/memollm-disk", "diskcache", "memollm-disk", ">= 10"),
-    ("memollm-disk/floor", "memollm-disk", "floor", "<= 1.0"),
-    ("lru-json/memollm-memory", "lru-json", "memollm-memory", ">= 3"),
+    ("joblib/memollm-disk", "joblib", "memollm-disk", ">= 30"),
+    ("diskcache/memollm-disk", "diskcache", "memollm-disk", ">= 15"),
+    ("memollm-disk/floor", "memollm-disk", "floor", "<= 0.6"),
+    ("lru-json/memollm-memory", "lru-json", "memollm-memory", ">= 5"),
     ("langchain-sqlite/memollm-disk", "langchain-sqlite", "memollm-disk", None),
     ("langchain-inmemory/memollm-memory", "langchain-inmemory", "memollm-memory", None),
 ]

@@ -1,4 +1,4 @@
-"""PNG plots of a results dict (matplotlib, Agg backend): hit latency, scale, latency savings."""
+"""PNG plots of a results dict (matplotlib, Agg backend): hit, miss and Redis latency, streams, scale, savings."""
 
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ def draw(results: dict[str, Any], out: str) -> list[str]:
     sections = results["sections"]
     mode = "quick run" if results["meta"].get("quick") else "full run"
     written = []
-    for name, plot in (("hit", hit_plot), ("scale", scale_plot), ("savings", savings_plot)):
-        if name in sections:
+    for name, plot in (("hit", hit_plot), ("miss", miss_plot), ("redis", redis_plot), ("streams", streams_plot), ("scale", scale_plot), ("savings", savings_plot)):
+        if name in sections and (sections[name].get("contenders") or name in ("streams", "savings")):
             fig = plot(plt, sections[name], mode)
             path = os.path.join(out, f"{name}.png")
             fig.savefig(path, dpi=110, bbox_inches="tight")
@@ -42,6 +42,46 @@ def _us(value: float) -> str:
 
 
 def hit_plot(plt: Any, section: dict[str, Any], mode: str) -> Any:
+    return latency_plot(plt, section, f"Cache hit: ~4 KB chat request -> ~4 KB response ({mode})", "median latency per hit (µs, log scale)")
+
+
+def miss_plot(plt: Any, section: dict[str, Any], mode: str) -> Any:
+    return latency_plot(plt, section, f"Miss overhead: key + lookup + write of a ~4 KB value ({mode})", "median latency per miss (µs, log scale)")
+
+
+def redis_plot(plt: Any, section: dict[str, Any], mode: str) -> Any:
+    return latency_plot(plt, section, f"Redis hit, one local redis-server ({mode})", "median latency per hit (µs, log scale)")
+
+
+def streams_plot(plt: Any, section: dict[str, Any], mode: str) -> Any:
+    replay = section["replay"]
+    pairs = [(label, replay[f"replay {label} chunks (memollm hit)"]["median_us"], replay[f"{label} chunks from the generator itself"]["median_us"]) for label in ("dict", "str")]
+    memories = section["memory"] if isinstance(section["memory"], list) else [section["memory"]]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
+    xs = range(len(pairs))
+    left.bar([x - 0.2 for x in xs], [p[2] for p in pairs], width=0.4, color=OTHER, label="the generator itself")
+    left.bar([x + 0.2 for x in xs], [p[1] for p in pairs], width=0.4, color=MEMOLLM, label="memollm replay (hit)")
+    for x, (_, hit, plain) in zip(xs, pairs):
+        left.text(x + 0.2, hit, f"{hit / plain:.2f}x", ha="center", va="bottom", fontsize=8)
+    left.set_xticks(list(xs))
+    left.set_xticklabels([f"{p[0]} chunks" for p in pairs])
+    left.set_ylabel("µs for 2,000 chunks")
+    left.set_title("Replay vs the generator", fontsize=10)
+    left.legend(fontsize=8)
+    labels = [f"{m['stream_bytes'] // 2**20} MB" for m in memories]
+    ratios = [m["recording_peak_bytes"] / m["stream_bytes"] for m in memories]
+    right.bar(labels, ratios, color=MEMOLLM)
+    for x, value in enumerate(ratios):
+        right.text(x, value, f"{value:.2f}x", ha="center", va="bottom", fontsize=8)
+    right.axhline(1.0, color="black", lw=0.8, ls=":")
+    right.set_ylabel("peak memory / stream size")
+    right.set_title("Recording a stream of 1 KB chunks", fontsize=10)
+    fig.suptitle(f"Streams ({mode})")
+    fig.tight_layout()
+    return fig
+
+
+def latency_plot(plt: Any, section: dict[str, Any], title: str, xlabel: str) -> Any:
     items = sorted(section["contenders"].items(), key=lambda kv: kv[1]["median_us"], reverse=True)
     names = [n for n, _ in items]
     medians = [s["median_us"] for _, s in items]
@@ -53,8 +93,8 @@ def hit_plot(plt: Any, section: dict[str, Any], mode: str) -> Any:
     ax.set_xlim(min(medians) / 2, max(p90s) * 4)
     for y, (value, p90) in enumerate(zip(medians, p90s)):
         ax.text(max(value, p90) * 1.12, y, _us(value), va="center", fontsize=8)
-    ax.set_xlabel("median latency per hit (µs, log scale)")
-    ax.set_title(f"Cache hit: ~4 KB chat request -> ~4 KB response ({mode})")
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
     ax.legend(loc="lower right", fontsize=8)
     ax.grid(axis="x", which="both", alpha=0.25)
     return fig

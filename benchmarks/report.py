@@ -56,7 +56,7 @@ def render(results: dict[str, Any]) -> str:
     if "key" in s:
         out += ["\n### Key\n", table(["method", "median", "p90"], latency_rows(s["key"]["contenders"])), "", verdicts(s["key"])]
     if "miss" in s:
-        out += ["\n### Miss overhead\n", table(["contender", "median", "p90"], latency_rows(s["miss"]["contenders"]))]
+        out += ["\n### Miss overhead\n", table(["contender", "median", "p90"], latency_rows(s["miss"]["contenders"])), "", verdicts(s["miss"])]
     if "scale" in s:
         sec = s["scale"]
         rows = [[name, us(v["median_us"]), us(v["p90_us"])] for name, v in sec["contenders"].items()]
@@ -75,13 +75,37 @@ def render(results: dict[str, Any]) -> str:
         sec = s["streams"]
         rows = [[f"first chunk, {name}", us(v["median_us"]), us(v["p90_us"])] for name, v in sec["ttft"].items()]
         rows += [[name, us(v["median_us"]), us(v["p90_us"])] for name, v in sec["replay"].items()]
-        mem = sec["memory"]
+        memories = sec["memory"] if isinstance(sec["memory"], list) else [sec["memory"]]
+        mem_rows = [
+            [
+                f"{m['stream_bytes'] / 2**20:.0f} MiB",
+                f"{m['undecorated_peak_bytes'] / 2**20:.2f} MiB",
+                f"{m['recording_peak_bytes'] / 2**20:.1f} MiB",
+                f"{m['recording_peak_bytes'] / m['stream_bytes']:.2f}×",
+            ]
+            for m in memories
+        ]
         out += [
             "\n### Streams\n",
             table(["operation", "median", "p90"], rows),
             "",
-            f"Peak traced memory while recording a {mem['stream_bytes'] / 2**20:.0f} MiB stream: "
-            f"{mem['recording_peak_bytes'] / 2**20:.1f} MiB (undecorated: {mem['undecorated_peak_bytes'] / 2**20:.2f} MiB).",
+            "Peak traced memory while recording a stream of 1 KiB chunks:",
+            "",
+            table(["stream", "undecorated", "memollm (recording)", "× stream size"], mem_rows),
+            "",
+            verdicts(sec),
+        ]
+    if "redis" in s and s["redis"].get("contenders"):
+        sec = s["redis"]
+        out += ["\n### Redis hit\n", table(["contender", "median", "p90"], latency_rows(sec["contenders"])), "", verdicts(sec)]
+    if "processes" in s:
+        sec = s["processes"]
+        rates = sec["hits_per_s"]
+        rows = [[name, f"{value:,}", f"{value / int(name[0]):,.0f}"] for name, value in rates.items()]
+        out += [
+            "\n### Two processes, one cache dir\n",
+            f"Median of {sec['rounds']} bursts of {sec['seconds_per_burst']:g} s, {sec['entries']} entries, {sec['cpu_count']} CPUs.\n",
+            table(["processes", "total hits/s", "per process"], rows),
             "",
             verdicts(sec),
         ]

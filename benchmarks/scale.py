@@ -176,13 +176,13 @@ def run(settings: Settings) -> Section:
     stats = {**hit_stats, **first_stats, **write_stats}
     section.figures["sizes"] = sizes
     section.figures["contenders"] = stats_figures(stats)
-    section.ratio("hit large/small", hit_stats[f"hit@{large}"].median_us / hit_stats[f"hit@{small}"].median_us, "<= 1.5")
+    section.ratio("hit large/small", hit_stats[f"hit@{large}"].median_us / hit_stats[f"hit@{small}"].median_us, "<= 1.2")
     section.ratio(
         "first hit in a new process large/small",
         first_stats[f"first hit in a new process@{large}"].median_us / first_stats[f"first hit in a new process@{small}"].median_us,
-        "<= 1.5",
+        "<= 1.2",
     )
-    section.ratio("write large/small", write_stats[f"write@{large}"].median_us / write_stats[f"write@{small}"].median_us, "<= 1.5")
+    section.ratio("write large/small", write_stats[f"write@{large}"].median_us / write_stats[f"write@{small}"].median_us, "<= 1.2")
     for which, cache_dir in dirs.items():
         if sizes[which] > 100_000:
             progress(f"scale: removing the {sizes[which]:,}-entry store (this takes a while)")

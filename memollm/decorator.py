@@ -247,7 +247,11 @@ class _Engine:
             if value is MISSING:
                 value, release = self.cache.acquire(plan[0], plan[1], self.function_id, plan[2])
             if isinstance(value, Stream):
-                return (yield from streams.replay(value, self.realtime))
+                if self.realtime:
+                    return (yield from streams.replay(value, True))
+                for chunk in value.chunks:  # inline: one generator level less per chunk than replay()
+                    yield chunk
+                return value.result
             source, recorder, finish = self.start_recording(plan, release, wrapped, instance, args, kwargs)
             return (yield from streams.record(source, recorder, finish))
 
@@ -376,8 +380,14 @@ class CachedFunction(_CacheMethods, wrapt.FunctionWrapper):  # type: ignore[misc
     __bound_function_wrapper__ = _BoundCachedFunction
 
     def _bound_instance(self) -> Any:
-        wrapped = self.__wrapped__
-        return wrapped.__self__ if inspect.ismethod(wrapped) else None
+        return self._self_bound_to
+
+    def cache_key(self, *args: Any, **kwargs: Any) -> str:
+        """The 32-hex-character key a call with these arguments uses."""
+        engine = self._self_engine
+        if self._self_bound_to is None and engine.key_fn is None:  # a plain function: straight to the key
+            return engine.keys.key(args, kwargs)
+        return engine.key(engine.full_args(self._self_bound_to, args), kwargs)
 
     def __reduce_ex__(self, protocol: Any) -> Any:
         """Pickled by reference, as Python pickles functions: ``module.qualname``, which names this
@@ -401,6 +411,7 @@ class CachedFunction(_CacheMethods, wrapt.FunctionWrapper):  # type: ignore[misc
         else:
             super().__init__(wrapped, call)
         self._self_engine = engine
+        self._self_bound_to = wrapped.__self__ if inspect.ismethod(wrapped) else None  # a bound method decorated
 
 
 def _call_kind(func: Callable[..., Any]) -> str:

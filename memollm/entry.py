@@ -25,6 +25,11 @@ import xxhash
 
 from . import codec
 
+try:
+    import ormsgpack
+except ImportError:  # pragma: no cover - msgpack reads every header
+    ormsgpack = None  # type: ignore[assignment]
+
 MAGIC = b"MLLM"
 FORMAT = 1
 FLAG_SIGNED = 1
@@ -92,15 +97,17 @@ class Stream:
     offsets: list[float] = field(default_factory=list)
 
 
-def pack_entry(meta: EntryMeta, body: "bytes | bytearray", secret: Optional[bytes] = None) -> bytes:
-    """Assemble an entry from its metadata and already-encoded body.
+def _head(meta: EntryMeta, secret: Optional[bytes]) -> bytes:
+    header = _pack_header(meta.header())
+    return _PREFIX.pack(MAGIC, FORMAT, FLAG_SIGNED if secret else 0, len(header)) + header
 
-    The checksum (and signature) are computed incrementally, so the body is copied once: a
-    recorded stream of N bytes peaks at about 2N while it is packed.
+
+def pack_entry(meta: EntryMeta, body: "bytes | bytearray", secret: Optional[bytes] = None) -> bytes:
+    """Assemble an entry from its metadata and already-encoded body (copied once).
+
+    The checksum (and signature) are computed incrementally over the parts.
     """
-    header = msgpack.packb(meta.header(), use_bin_type=True)
-    flags = FLAG_SIGNED if secret else 0
-    head = _PREFIX.pack(MAGIC, FORMAT, flags, len(header)) + header
+    head = _head(meta, secret)
     checksum = xxhash.xxh3_128()
     checksum.update(head)
     checksum.update(body)
@@ -111,6 +118,16 @@ def pack_entry(meta: EntryMeta, body: "bytes | bytearray", secret: Optional[byte
             mac.update(part)
         parts.append(mac.digest())
     return b"".join(parts)
+
+
+def pack_entry_in_place(meta: EntryMeta, body: bytearray, secret: Optional[bytes] = None) -> bytearray:
+    """``pack_entry`` that turns ``body`` itself into the entry (no copy of the body: a recorded
+    stream of N bytes peaks at about N while it is packed). ``body`` must not be used after."""
+    body[0:0] = _head(meta, secret)  # moved within the buffer, which usually has room to spare
+    body += xxhash.xxh3_128_digest(body)
+    if secret:
+        body += hmac.new(secret, body, hashlib.sha256).digest()
+    return body
 
 
 def encode_value(meta: EntryMeta, value: Any, secret: Optional[bytes] = None, allow_pickle: bool = False) -> bytes:
@@ -135,7 +152,7 @@ def read_meta(data: bytes, secret: Optional[bytes] = None) -> tuple[EntryMeta, m
     if flags & FLAG_SIGNED:
         end -= _MAC_LEN
         if secret is not None:
-            mac = hmac.new(secret, data[:end], hashlib.sha256).digest()
+            mac = hmac.new(secret, memoryview(data)[:end], hashlib.sha256).digest()
             if not hmac.compare_digest(mac, data[end:]):
                 raise CorruptEntry("entry signature does not match the secret")
     elif secret is not None:
@@ -148,7 +165,7 @@ def read_meta(data: bytes, secret: Optional[bytes] = None) -> tuple[EntryMeta, m
         raise CorruptEntry("entry checksum mismatch (torn or altered)")
     start = _PREFIX.size
     try:
-        h = msgpack.unpackb(view[start : start + header_len], raw=False, strict_map_key=False)
+        h = _unpack_header(view[start : start + header_len])
         meta = EntryMeta(
             function=h["fn"],
             key=h["key"],
@@ -165,6 +182,28 @@ def read_meta(data: bytes, secret: Optional[bytes] = None) -> tuple[EntryMeta, m
     except Exception as exc:
         raise CorruptEntry(f"bad entry header: {exc}") from exc
     return meta, view[start + header_len : body_end]
+
+
+def _pack_header(header: dict[str, Any]) -> bytes:
+    # Natively when it can (a recorded request makes headers kilobytes long); tagged values
+    # (msgpack ExtType) and non-str keys in a request go the msgpack way. Any encoding reads back.
+    if ormsgpack is not None:
+        try:
+            return ormsgpack.packb(header)  # type: ignore[no-any-return]
+        except Exception:
+            pass
+    return msgpack.packb(header, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def _unpack_header(raw: memoryview) -> Any:
+    # The native decoder is ~2x faster on a header that records a request; it takes only str
+    # map keys (a request may hold others): msgpack decides whatever it refuses.
+    if ormsgpack is not None:
+        try:
+            return ormsgpack.unpackb(raw)
+        except Exception:
+            pass
+    return msgpack.unpackb(raw, raw=False, strict_map_key=False)
 
 
 def decode_body(meta: EntryMeta, body: memoryview, allow_pickle: bool = False, display: bool = False) -> Any:

@@ -301,7 +301,7 @@ class _Cursor:
     """The position in a recorded stream, and (for realtime replay) how long until the next chunk."""
 
     def __init__(self, stream: Stream, realtime: bool) -> None:
-        self.chunks = stream.chunks
+        self.chunks = iter(stream.chunks)
         self.offsets = stream.offsets if realtime else []
         self.next = 0
         self.start: Optional[float] = None
@@ -315,13 +315,13 @@ class _Cursor:
         return 0.0
 
     def take(self) -> Any:
-        """The next chunk; ``IndexError`` at the end."""
-        chunk = self.chunks[self.next]
+        """The next chunk; ``StopIteration`` at the end."""
+        chunk = next(self.chunks)
         self.next += 1
         return chunk
 
     def close(self) -> None:
-        self.chunks, self.offsets = [], []
+        self.chunks, self.offsets = iter(()), []
 
 
 class _Closed:
@@ -351,24 +351,32 @@ class ReplayStream:
         return self
 
     def __next__(self) -> Any:
-        delay = self._cursor.wait()
-        if delay > 0:
-            time.sleep(delay)
+        cursor = self._cursor
+        if cursor.offsets:  # realtime: wait until the chunk is due
+            delay = cursor.wait()
+            if delay > 0:
+                time.sleep(delay)
+            try:
+                return cursor.take()
+            except StopIteration:
+                raise StopIteration(self.result) from None
         try:
-            return self._cursor.take()
-        except IndexError:
+            return next(cursor.chunks)
+        except StopIteration:
             raise StopIteration(self.result) from None
 
     def __aiter__(self) -> "ReplayStream":
         return self
 
     async def __anext__(self) -> Any:
-        delay = self._cursor.wait()
-        if delay > 0:
-            await asyncio.sleep(delay)
+        cursor = self._cursor
+        if cursor.offsets:
+            delay = cursor.wait()
+            if delay > 0:
+                await asyncio.sleep(delay)
         try:
-            return self._cursor.take()
-        except IndexError:
+            return cursor.take()
+        except StopIteration:
             raise StopAsyncIteration from None
 
     def __enter__(self) -> "ReplayStream":

@@ -235,12 +235,14 @@ def test_lock_files_are_0600_while_held(tmp_path: Path) -> None:
     path = str(tmp_path / "cache" / "locks" / ("ab" * 16 + ".lock"))
     lock = flight.lock_file(path, time.monotonic() + 1)
     assert lock is not None
+    held = getattr(lock, "file", path)  # a stripe file (OFD byte-range locks) or the per-key flock file
     try:
-        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+        assert stat.S_IMODE(os.stat(held).st_mode) == 0o600
         assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o700
     finally:
         lock.release()
-    assert not os.path.exists(path)
+    assert not os.path.exists(path)  # no per-key file is left behind
+    assert len(os.listdir(os.path.dirname(path))) <= flight.STRIPES  # the lock dir stays bounded
 
 
 def test_malicious_pickle_in_every_file_runs_nothing(tmp_path: Path) -> None:

@@ -465,3 +465,89 @@ def test_waiting_on_another_thread_is_unaffected_by_the_deadlock_guard(tmp_path:
     assert run_threads(6, lambda: outer("q")) == ["answer!"] * 6
     assert len(calls) == 1
 
+
+
+# -- the cross-process lock primitives ---------------------------------------------------------
+
+
+@pytest.fixture(params=["ofd", "flock"])
+def lock_kind(request: Any, monkeypatch: pytest.MonkeyPatch) -> str:
+    from memollm import flight as flightlib
+
+    if request.param == "ofd" and not flightlib._OFD_SETLK:
+        pytest.skip("no OFD locks on this platform")
+    if request.param == "flock":
+        monkeypatch.setattr(flightlib, "_OFD_SETLK", 0)
+    return str(request.param)
+
+
+def test_a_held_lock_excludes_other_threads_until_released(tmp_path: Path, lock_kind: str) -> None:
+    from memollm import flight as flightlib
+
+    path = str(tmp_path / "locks" / ("cd" * 16 + ".lock"))
+    held = flightlib.lock_file(path, time.monotonic() + 1)
+    assert held is not None
+    assert type(held).__name__ == ("RangeLock" if lock_kind == "ofd" else "FileLock")
+    other: list[Any] = []
+    t = threading.Thread(target=lambda: other.append(flightlib.lock_file(path, time.monotonic() + 0.3)))
+    t.start()
+    t.join(5)
+    assert other == [None]  # another thread timed out waiting: the lock excludes threads, not only processes
+    other_key = flightlib.lock_file(str(tmp_path / "locks" / ("ef" * 16 + ".lock")), time.monotonic() + 1)
+    assert other_key is not None  # other keys are independent (OFD: another byte, maybe of the same stripe file)
+    other_key.release()
+    held.release()
+    t = threading.Thread(target=lambda: other.append(flightlib.lock_file(path, time.monotonic() + 1)))
+    t.start()
+    t.join(5)
+    assert other[-1] is not None
+    other[-1].release()
+
+
+def test_a_file_system_refusing_ofd_locks_falls_back_to_lock_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from memollm import flight as flightlib
+
+    if not flightlib._OFD_SETLK:
+        pytest.skip("no OFD locks on this platform")
+
+    def refuse(self: Any) -> bool:
+        raise flightlib._Unsupported("Invalid argument")
+
+    monkeypatch.setattr(flightlib.RangeLock, "try_acquire", refuse)
+    monkeypatch.setattr(flightlib, "_ofd_refused", set())
+    path = str(tmp_path / "locks" / ("ab" * 16 + ".lock"))
+    lock = flightlib.lock_file(path, time.monotonic() + 1)
+    assert type(lock).__name__ == "FileLock" and os.path.exists(path)
+    assert flightlib.lock_file(path, time.monotonic() + 0.2) is None  # in _held: a private flight, no second lock
+    lock.release()
+    assert not os.path.exists(path)
+    assert flightlib._ofd_refused == {str(tmp_path / "locks")}
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_cannot_take_its_parents_lock(tmp_path: Path, lock_kind: str) -> None:
+    code = f"""
+import os, sys, time
+from memollm import flight
+if {lock_kind == "flock"!r}:
+    flight._OFD_SETLK = 0
+path = {str(tmp_path / "locks" / ("12" * 16 + ".lock"))!r}
+lock = flight.lock_file(path, time.monotonic() + 1)
+assert lock is not None
+pid = os.fork()
+if pid == 0:
+    got = flight.lock_file(path, time.monotonic() + 0.5)
+    print("CHILD", got is not None, flush=True)
+    os._exit(0)
+os.waitpid(pid, 0)
+lock.release()
+pid = os.fork()
+if pid == 0:
+    got = flight.lock_file(path, time.monotonic() + 0.5)
+    print("CHILD", got is not None, flush=True)
+    os._exit(0)
+os.waitpid(pid, 0)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["CHILD", "False", "CHILD", "True"]

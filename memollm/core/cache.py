@@ -27,7 +27,7 @@ import msgpack
 from .. import flight, observe, streams
 from ..codec import UndecodableValue, UnencodableValue, decode, decode_for_display
 from ..config import cache_dir_for, disk_store, is_open
-from ..entry import KIND_STREAM, KIND_VALUE, CorruptEntry, EntryMeta, decode_body, encode_value, pack_entry, read_meta
+from ..entry import KIND_STREAM, KIND_VALUE, CorruptEntry, EntryMeta, Stream, decode_body, encode_value, pack_entry_in_place, read_meta
 from ..errors import CacheMiss
 from ..keys import KEY_FORMAT
 from ..modes import Mode, current_mode
@@ -49,17 +49,23 @@ checked again while the store hands back the very same bytes)."""
 VERIFIED_ITEM_MAX = 2**20
 """Larger entries are verified at every hit: stores do not keep them in memory either."""
 
-Verified = tuple[bytes, EntryMeta, memoryview, bool]  # entry bytes, meta, body, is a plain value
+Verified = tuple[bytes, EntryMeta, memoryview, bool, Any]  # entry bytes, meta, body, is a plain value, shared value
+# The shared value is the decoded value (for a stream: its chunks, result and offsets as tuples)
+# when nothing in it can be mutated (str, bytes, numbers...: see _immutable), so every hit can
+# hand out the same objects; else MISSING (each hit decodes a fresh copy), or None (not decoded yet).
 _verified: dict[str, Verified] = {}  # entries verified without a secret, by key
 _signed: "weakref.WeakSet[Cache]" = weakref.WeakSet()  # caches with a secret keep their own
 _verified_bytes = [0]
+_IMMUTABLE = frozenset({str, bytes, int, float, bool, type(None)})
+SHARED_ITEMS_MAX = 100_000
+"""Chunks of a stream shared between hits at most (each counts 64 bytes against VERIFIED_BYTES_MAX)."""
 
 
 def remember(table: dict[str, Verified], key: str, verified: Verified, size: int) -> None:
     """Keep a verified entry, within ``VERIFIED_BYTES_MAX`` for all tables of the process."""
     previous = table.pop(key, None)
     if previous is not None:
-        _verified_bytes[0] -= len(previous[0])
+        _verified_bytes[0] -= _weight(previous)
     if _verified_bytes[0] + size > VERIFIED_BYTES_MAX:
         _verified.clear()
         for cache in list(_signed):
@@ -129,12 +135,19 @@ class Cache:
             return MISSING
         try:
             verified = self._verified.get(key)
-            if verified is None or verified[0] is not data:
-                verified = self._verify(key, data)  # else: the very bytes verified before
+            if verified is None or (verified[0] is not data and verified[0] != data):
+                verified = self._verify(key, data)  # else: the very bytes verified before (equal bytes: a
+                # store handing out copies, e.g. Redis; a changed entry differs in length or early on)
             meta = verified[1]
             if (meta.expires is not None or self.ttl is not None) and self.expired(meta):
                 return MISSING
-            value = decode(verified[2], self.allow_pickle) if verified[3] else decode_body(meta, verified[2], self.allow_pickle)
+            shared = verified[4]
+            if shared is not None and shared is not MISSING:
+                value = shared if verified[3] else Stream(*shared)
+            else:
+                value = decode(verified[2], self.allow_pickle) if verified[3] else decode_body(meta, verified[2], self.allow_pickle)
+                if shared is None:
+                    _share(self._verified, key, verified, value)
         except (CorruptEntry, UndecodableValue) as exc:
             warn_once(store.location, "corrupt", f"memollm: unreadable cache entry {key} in {store.location} ({exc}); recomputing it")
             return MISSING
@@ -155,8 +168,8 @@ class Cache:
         meta, body = read_meta(data, self.secret)
         if meta.key != key:
             raise CorruptEntry(f"entry holds key {meta.key}, not {key}")
-        verified = (data, meta, body, meta.kind == KIND_VALUE)
         size = len(data)
+        verified = (data, meta, body, meta.kind == KIND_VALUE, None if size <= VERIFIED_ITEM_MAX else MISSING)
         if size <= VERIFIED_ITEM_MAX:
             remember(self._verified, key, verified, size)
         return verified
@@ -331,9 +344,9 @@ class Cache:
             return
         self.write(store, meta, data)
 
-    def write(self, store: Store, meta: EntryMeta, data: bytes) -> None:
+    def write(self, store: Store, meta: EntryMeta, data: "bytes | bytearray") -> None:
         try:
-            store.set(meta, data)
+            store.set(meta, data)  # type: ignore[arg-type]  # a bytearray only for stores that accept one
         except Exception as exc:
             report(store, "write", f"memollm: cannot write to the cache at {store.location} ({exc}); results are returned but not cached", exc)
 
@@ -394,7 +407,10 @@ class Cache:
             judged = subject(recorder, result) if subject is not None else _recorded_chunks(body)
             if not self.deserves(function, judged):
                 return
-        self.write(store, meta, pack_entry(meta, body, self.secret))
+        data: "bytes | bytearray" = pack_entry_in_place(meta, body, self.secret)  # the recorder's buffer becomes the entry: no copy
+        if not getattr(store, "accepts_bytearray", False):  # other stores (a user's own) get the bytes type they expect
+            data = bytes(data)
+        self.write(store, meta, data)
 
     # -- samples ----------------------------------------------------------------------------
 
@@ -509,3 +525,36 @@ def _recorded_chunks(body: "bytes | bytearray") -> list[Any]:
 
 def _no_lock_path(key: str) -> None:
     return None
+
+
+def _weight(verified: Verified) -> int:
+    """What a remembered entry counts against ``VERIFIED_BYTES_MAX``."""
+    shared = verified[4]
+    extra = 64 * len(shared[0]) if not verified[3] and shared is not None and shared is not MISSING else 0
+    return len(verified[0]) + extra
+
+
+def _immutable(value: Any) -> bool:
+    """Whether nothing in ``value`` can be changed by whoever receives it (tuples of such included)."""
+    t = type(value)
+    if t in _IMMUTABLE:
+        return True
+    return t is tuple and all(_immutable(v) for v in value)
+
+
+def _share(table: dict[str, Verified], key: str, verified: Verified, value: Any) -> None:
+    """After the first decode of a remembered entry: keep the value to hand out again if it is
+    immutable (the chunks of a stream of text, a str answer), else note that it is not."""
+    shared: Any = MISSING
+    if verified[3]:
+        if _immutable(value):
+            shared = value
+    elif len(value.chunks) <= SHARED_ITEMS_MAX and _immutable(value.result) and all(map(_immutable, value.chunks)):
+        shared = (tuple(value.chunks), value.result, tuple(value.offsets))
+        extra = 64 * len(value.chunks)  # the decoded objects outweigh their encoding: count them too
+        if _verified_bytes[0] + extra > VERIFIED_BYTES_MAX:
+            shared = MISSING
+        else:
+            _verified_bytes[0] += extra
+    if table.get(key) is verified:
+        table[key] = (*verified[:4], shared)

@@ -23,6 +23,7 @@ from joblib import register_store_backend
 from joblib._store_backends import FileSystemStoreBackend, concurrency_safe_write
 
 ITEM_FILENAME = "output.msgpack"
+WRITE_ATTEMPTS = 10  # each lost to a concurrent invalidate removing the entry's dir; many processes invalidating at once take several
 STAGING_DIRNAME = "tmp"  # beside joblib's location, in the cache dir
 _KEY_RE = re.compile(r"^[0-9a-f]{32}$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
@@ -82,7 +83,7 @@ class MsgpackStoreBackend(FileSystemStoreBackend):
         """Write ``item`` atomically; raises ``OSError`` on failure (the caller reports it)."""
         item_dir = os.path.join(self.location, *call_id)
         staging = self.staging
-        for attempt in range(3):  # a concurrent delete or prune may remove a directory under us
+        for attempt in range(WRITE_ATTEMPTS):  # a concurrent delete or prune may remove a directory under us
             make_private_dirs(item_dir)
             make_private_dirs(staging)
             try:
@@ -94,7 +95,7 @@ class MsgpackStoreBackend(FileSystemStoreBackend):
                     raise
                 return
             except FileNotFoundError:
-                if attempt == 2:
+                if attempt == WRITE_ATTEMPTS - 1:
                     raise
             except OSError as exc:  # the entries on another file system than the cache dir
                 if exc.errno != errno.EXDEV:

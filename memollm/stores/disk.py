@@ -52,6 +52,8 @@ TRUST_RECHECK = 1.0  # seconds an entry held in memory is served before the dir'
 class DiskStore(Store):
     """Entries under ``<cache_dir>/joblib/<function>/<xx>/<key>/output.msgpack``."""
 
+    accepts_bytearray = True  # set() may be handed a recorded stream's buffer (written, never kept)
+
     def __init__(self, cache_dir: "str | os.PathLike[str]") -> None:
         self.location = os.path.abspath(os.path.expanduser(os.fspath(cache_dir)))
         make_private_dirs(self.location)

@@ -103,6 +103,8 @@ class RedisStore(Store):
     (a cache dir or a ``Store``) in front of Redis, read-through and write-through.
     """
 
+    accepts_bytearray = True  # set() sends a recorded stream's buffer as a memoryview (never kept)
+
     def __init__(
         self,
         url_or_client: Union[str, "redis_types.Redis", None] = None,
@@ -233,6 +235,8 @@ class RedisStore(Store):
 
     def set(self, meta: EntryMeta, data: bytes) -> None:
         if self.local is not None:
+            if not isinstance(data, bytes) and not getattr(self.local, "accepts_bytearray", False):
+                data = bytes(data)
             tiered.write_through(self.local, self._remote_set, meta, data)
         else:
             self._remote_set(meta, data)
@@ -248,7 +252,8 @@ class RedisStore(Store):
             score = repr(float(meta.expires))
         keys = [self.entry_key(meta.function, meta.key), self.index_key(meta.function)]
         try:
-            self._call(lambda: self._set_script(keys=keys, args=[data, meta.key, ttl_ms, score]))
+            value = data if isinstance(data, bytes) else memoryview(data)  # redis-py refuses bytearray (a recorded stream)
+            self._call(lambda: self._set_script(keys=keys, args=[value, meta.key, ttl_ms, score]))
         except RedisUnavailable as exc:
             self._report(exc)
 
