@@ -25,9 +25,12 @@ _cache_dir_override: contextvars.ContextVar[Optional[str]] = contextvars.Context
 @contextlib.contextmanager
 def use_cache_dir(path: "str | os.PathLike[str]") -> Iterator[str]:
     """Send every disk-store call in this block to ``path`` (the pytest marker uses this)."""
-    token = _cache_dir_override.set(os.fspath(path))
+    checked = parse_cache_dir(path, "use_cache_dir")
+    if checked is None:
+        raise TypeError("use_cache_dir(path) needs a directory path, not None")
+    token = _cache_dir_override.set(checked)
     try:
-        yield os.fspath(path)
+        yield checked
     finally:
         _cache_dir_override.reset(token)
 
@@ -55,15 +58,25 @@ def parse_ttl(ttl: Any) -> Optional[float]:
     if isinstance(ttl, _dt.timedelta):
         seconds = ttl.total_seconds()
     elif isinstance(ttl, (int, float)) and not isinstance(ttl, bool):
-        seconds = float(ttl)
+        try:
+            seconds = float(ttl)
+        except OverflowError:  # an int beyond any float: no finite duration
+            seconds = float("inf")
     else:
         raise TypeError(
             f"cache_llm(ttl=...) must be a number of seconds or a datetime.timedelta (or None to never "
             f"expire), not {type(ttl).__name__} {ttl!r}"
         )
     if not seconds > 0 or seconds != seconds or seconds == float("inf"):
-        raise ValueError(f"cache_llm(ttl={ttl!r}) must be a positive, finite duration; use ttl=None for entries that never expire")
+        raise ValueError(f"cache_llm(ttl={_short_repr(ttl)}) must be a positive, finite duration; use ttl=None for entries that never expire")
     return seconds
+
+
+def _short_repr(value: Any) -> str:
+    """``repr`` for an error message; a huge int by its length (its repr may even raise)."""
+    if isinstance(value, int) and value.bit_length() > 128:
+        return f"<an integer of about {int(value.bit_length() * 0.30103) + 1} digits>"
+    return repr(value)
 
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
@@ -89,16 +102,41 @@ def parse_size(size: Any, name: str = "max_size") -> Optional[int]:
 
 
 def secret_bytes(secret: Any) -> Optional[bytes]:
-    """The signing key from ``secret=`` or ``$MEMOLLM_SECRET``."""
+    """The signing key from ``secret=`` or ``$MEMOLLM_SECRET`` (an empty variable counts as unset).
+
+    An empty ``secret=`` is an error: it would sign nothing, and silently caching nothing (or
+    everything unsigned) is worse than saying so.
+    """
     if secret is None:
         secret = os.environ.get(SECRET_ENV) or None
     if secret is None:
         return None
-    if isinstance(secret, str):
-        return secret.encode("utf-8")
-    if isinstance(secret, bytes):
-        return secret
-    raise TypeError(f"cache_llm(secret=...) must be str or bytes, not {type(secret).__name__}")
+    if not isinstance(secret, (str, bytes)):
+        raise TypeError(f"cache_llm(secret=...) must be str or bytes, not {type(secret).__name__}")
+    if not secret:
+        raise ValueError(
+            f"cache_llm(secret={secret!r}) is empty; pass a non-empty key (e.g. secrets.token_hex(32)), "
+            f"or leave secret out (or None) for unsigned entries"
+        )
+    return secret.encode("utf-8") if isinstance(secret, str) else secret
+
+
+def parse_cache_dir(cache_dir: Any, where: str = "cache_llm") -> Optional[str]:
+    """A ``cache_dir=`` option as a path, ``None`` for the default; an empty path is an error
+    (it would silently mean the current or the default dir)."""
+    if cache_dir is None:
+        return None
+    if not isinstance(cache_dir, (str, os.PathLike)):
+        raise TypeError(f"{where}(cache_dir=...) must be a path (str or os.PathLike), not {type(cache_dir).__name__}")
+    path = os.fspath(cache_dir)
+    if not isinstance(path, str):
+        raise TypeError(f"{where}(cache_dir=...) must be a str path, not {type(path).__name__}")
+    if not path.strip():
+        raise ValueError(
+            f"{where}(cache_dir={path!r}) is empty; pass a directory, or leave cache_dir out for the default "
+            f"(${CACHE_DIR_ENV}, else ~/.cache/memollm)"
+        )
+    return path
 
 
 _disk_stores: dict[str, DiskStore] = {}

@@ -15,7 +15,7 @@ import wrapt
 
 from . import flight, keys, observe, streams
 from .codec import UndecodableValue, UnencodableValue, decode
-from .config import TTL, cache_dir_for, disk_store, is_open, parse_size, parse_ttl, secret_bytes
+from .config import TTL, cache_dir_for, disk_store, is_open, parse_cache_dir, parse_size, parse_ttl, secret_bytes
 from .entry import KIND_STREAM, KIND_VALUE, CorruptEntry, EntryMeta, Stream, decode_body, encode_value, pack_entry, read_meta
 from .errors import CacheMiss
 from .modes import Mode, current_mode, parse_mode
@@ -745,8 +745,7 @@ def cache_llm(
     answered from the store. See the docs for every option.
     """
     seconds = parse_ttl(ttl)
-    if cache_dir is not None and not isinstance(cache_dir, (str, os.PathLike)):
-        raise TypeError(f"cache_llm(cache_dir=...) must be a path (str or os.PathLike), not {type(cache_dir).__name__}")
+    cache_dir = parse_cache_dir(cache_dir, "cache_llm")
     fixed_store = _resolve_store(store, cache_dir)
     ignored = _parse_ignore(ignore)
     if key is not None and not callable(key):

@@ -32,7 +32,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess
 
 from .. import keys, observe
 from ..codec import UndecodableValue, UnencodableValue
-from ..config import TTL, cache_dir_for, disk_store, parse_ttl, secret_bytes
+from ..config import TTL, cache_dir_for, disk_store, parse_cache_dir, parse_ttl, secret_bytes
 from ..decorator import _resolve_store
 from ..entry import KIND_VALUE, CorruptEntry, EntryMeta, decode_body, encode_value, read_meta
 from ..errors import CacheMiss
@@ -74,10 +74,8 @@ class MemollmCache(BaseCache):
         ttl: TTL = None,
         store: Union[str, Store, None] = None,
     ) -> None:
-        if cache_dir is not None and not isinstance(cache_dir, (str, os.PathLike)):
-            raise TypeError(f"MemollmCache(cache_dir=...) must be a path (str or os.PathLike), not {type(cache_dir).__name__}")
+        self.cache_dir = parse_cache_dir(cache_dir, "MemollmCache")
         self.ttl = parse_ttl(ttl)
-        self.cache_dir = None if cache_dir is None else os.fspath(cache_dir)
         self.fixed_store = _resolve_store(store, cache_dir)
         self.secret = secret_bytes(None)
         self._pending: dict[str, float] = {}  # key -> when its lookup missed (the call's duration)

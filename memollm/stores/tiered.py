@@ -25,9 +25,10 @@ def as_local_store(local: Union[str, "os.PathLike[str]", Store, None]) -> Option
     if local is None or isinstance(local, Store):
         return local
     if isinstance(local, (str, os.PathLike)):
-        from ..config import disk_store
+        from ..config import disk_store, parse_cache_dir
 
-        return disk_store(os.path.abspath(os.path.expanduser(os.fspath(local))))
+        path = parse_cache_dir(local, "RedisStore(local=...)")  # (not None here)
+        return disk_store(os.path.abspath(os.path.expanduser(path or "")))
     raise TypeError(f"local= must be a cache dir or a memollm Store, not {type(local).__name__}")
 
 
