@@ -365,3 +365,31 @@ def test_stats_prefers_counters_persisted_by_the_store(capsys):
     meta = EntryMeta("app.complete", "cd" * 16, time.time(), None, duration=0.7, tokens=8, size=100)
     (stats,) = cli.CacheDir("/nowhere", store).stats([cli.Listed(meta, hits=1)])  # type: ignore[arg-type]
     assert (stats.entries, stats.bytes, stats.hits, stats.misses, stats.seconds_saved, stats.tokens_saved) == (1, 100, 5, 2, 3.5, 40)
+
+
+def test_cleared_functions_leave_stats(cache):
+    complete, short = cache["complete"], cache["short"]
+    for _ in range(3):
+        complete("hello")  # hits, counted in the index by the usage log
+    memollm.stores.usage._flush_all()
+    before = json.loads(run_cli("stats", "--cache-dir", cache["dir"], "--json").stdout)["functions"]
+    (name,) = [n for n in before if n.endswith(".complete")]
+    assert before[name]["hits"] >= 3
+    result = run_cli("clear", "--cache-dir", cache["dir"], "--function", "short", "--yes")
+    assert result.returncode == 0, result.stderr
+    functions = json.loads(run_cli("stats", "--cache-dir", cache["dir"], "--json").stdout)["functions"]
+    assert not [name for name in functions if name.endswith(".short")]
+    assert functions[name]["hits"] >= 3, "other functions keep their counters"
+    result = run_cli("clear", "--cache-dir", cache["dir"], "--yes")
+    assert result.returncode == 0, result.stderr
+    after = json.loads(run_cli("stats", "--cache-dir", cache["dir"], "--json").stdout)
+    assert after["functions"] == {} and after["entries"] == 0 and after["hits"] == 0, after
+    text = run_cli("stats", "--cache-dir", cache["dir"]).stdout
+    assert "complete" not in text and "no entries" in text
+    # In the process that made the calls: its buffered counters go too, and new calls count afresh.
+    complete.cache_clear()
+    assert complete("again") == {"text": "AGAIN", "usage": {"total_tokens": 7}}
+    assert short("x") == ("tuple", 1)
+    memollm.stores.usage._flush_all()
+    functions = json.loads(run_cli("stats", "--cache-dir", cache["dir"], "--json").stdout)["functions"]
+    assert functions[name]["misses"] == 1 and functions[name]["hits"] == 0

@@ -189,10 +189,17 @@ class Index:
             conn.executemany("DELETE FROM entries WHERE key = ?", [(k,) for k in keys])
 
     def remove_function(self, function: Optional[str]) -> None:
-        if function is None:
-            self.execute("DELETE FROM entries")
-        else:
-            self.execute("DELETE FROM entries WHERE function = ?", (function,))
+        """Drop the rows of a function's entries (all if ``None``) and its usage counters: a
+        cleared function is gone from ``memollm stats``, as ``functools``' ``cache_clear()``
+        resets its statistics."""
+        conn = self._connect()
+        with _transaction(conn):
+            if function is None:
+                conn.execute("DELETE FROM entries")
+                conn.execute("DELETE FROM stats")
+            else:
+                conn.execute("DELETE FROM entries WHERE function = ?", (function,))
+                conn.execute("DELETE FROM stats WHERE function = ?", (function,))
 
     def rows(self, function: Optional[str] = None) -> Iterator[dict[str, Any]]:
         sql = f"SELECT {_COLUMNS} FROM entries"

@@ -99,8 +99,9 @@ class UsageLog:
 
     def forget(self, function: Optional[str] = None, key: Optional[str] = None) -> None:
         """Drop the buffered per-entry hits of entries being deleted (one key, a function's, or
-        all), so they are not credited to an entry recorded again under the same key. The
-        function's counters keep them: those hits did happen."""
+        all), so they are not credited to an entry recorded again under the same key. Deleting
+        one entry keeps its function's counters (those hits did happen); clearing a function
+        (or all) drops them too, as the index's ``remove_function`` drops the persisted ones."""
         with self._lock:
             self._tally(lambda f, k: (function is not None and f != function) or (key is not None and k != key))
             self._entry_hits = {
@@ -108,6 +109,8 @@ class UsageLog:
                 for k, entry in self._entry_hits.items()
                 if (function is not None and entry[2] != function) or (key is not None and k != key)
             }
+            if key is None:
+                self._functions = {f: c for f, c in self._functions.items() if function is not None and f != function}
 
     def totals(self, function: Optional[str] = None) -> list[dict[str, Any]]:
         """Persisted counters per function (after flushing this process's buffer)."""
