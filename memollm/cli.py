@@ -448,7 +448,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         assert cache.store is not None
         data = cache.store.get(row.function, row.key)
     if data is None:
-        raise CliError(f"entry {row.key} is listed but its file is gone (run `memollm prune`)")
+        raise CliError(f"entry {row.key} is listed but its file is gone or is not a regular file (run `memollm prune`)")
     try:
         meta, body = read_meta(data, secret_bytes(None))
         try:
@@ -524,6 +524,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         return EXIT_OK
     what = "expired or over --max-size" if args.max_size else "expired"
     stale = f", {report.stale_rows} stale index {'row' if report.stale_rows == 1 else 'rows'}" if report.stale_rows else ""
+    stale += f", {report.not_files} {'entry path' if report.not_files == 1 else 'entry paths'} holding no regular file" if report.not_files else ""
     sys.stdout.write(
         f"pruned {report.entries} {what} {'entry' if report.entries == 1 else 'entries'}, {report.leftovers} "
         f"{'leftover' if report.leftovers == 1 else 'leftovers'}{stale} from {cache.path}, freed {human_size(report.bytes)}\n"

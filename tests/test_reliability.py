@@ -76,3 +76,169 @@ def test_an_empty_cache_dir_is_rejected_everywhere_else(tmp_path: Path) -> None:
     )
     assert result.returncode != 0
     assert "--cache-dir is empty" in result.stderr
+
+
+# -- entry paths that hold no regular file ---------------------------------------------------
+# Each scenario runs in a subprocess with a timeout: a regression hangs (a FIFO) or exhausts
+# memory (/dev/zero), and must fail instead of stopping the suite.
+
+HELPER = """
+import json, sys, warnings
+from memollm import cache_llm, CacheWarning
+
+calls = []
+
+@cache_llm(cache_dir=sys.argv[1])
+def complete(prompt):
+    calls.append(prompt)
+    return {"text": prompt.upper()}
+
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    answers = [complete("hello"), complete("hello")]
+print(json.dumps({
+    "answers": answers,
+    "calls": len(calls),
+    "key": complete.cache_key("hello"),
+    "warnings": [str(w.message) for w in caught if issubclass(w.category, CacheWarning)],
+}))
+"""
+
+STRANGE = ["fifo", "symlink-urandom", "symlink-zero", "directory", "sparse-huge"]
+
+
+def run_python(code: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def run_memollm(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    return subprocess.run(
+        [sys.executable, "-m", "memollm", *args], capture_output=True, text=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL
+    )
+
+
+def run_helper(cache_dir: Path) -> dict[str, Any]:
+    import json
+
+    result = run_python(HELPER, str(cache_dir))
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)  # type: ignore[no-any-return]
+
+
+def plant(path: Path, kind: str) -> None:
+    """Put something other than an entry at an entry path."""
+    from memollm.stores.backend import ENTRY_READ_MAX
+
+    if path.exists() or path.is_symlink():
+        path.unlink()
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "symlink-urandom":
+        path.symlink_to("/dev/urandom")
+    elif kind == "symlink-zero":
+        path.symlink_to("/dev/zero")
+    elif kind == "directory":
+        path.mkdir()
+        (path / "inside").write_bytes(b"x")
+    elif kind == "sparse-huge":
+        with open(path, "wb") as f:
+            f.truncate(ENTRY_READ_MAX + 1)  # sparse: no disk used, but reading it would take 1 GiB
+    else:  # pragma: no cover
+        raise AssertionError(kind)
+
+
+def entry_path(cache_dir: Path) -> Path:
+    (path,) = [p for p in cache_dir.joinpath("joblib").rglob("output.msgpack")]
+    return path
+
+
+@pytest.mark.parametrize("kind", STRANGE)
+def test_a_strange_entry_is_a_miss_with_one_warning_and_is_replaced(tmp_path: Path, kind: str) -> None:
+    first = run_helper(tmp_path)
+    assert first["calls"] == 1 and first["warnings"] == []
+    path = entry_path(tmp_path)
+    plant(path, kind)
+    second = run_helper(tmp_path)  # a miss (one warning), recomputed, stored again, then a hit
+    assert second["answers"] == [{"text": "HELLO"}] * 2
+    assert second["calls"] == 1, "the strange entry is replaced by a good one on write"
+    assert len(second["warnings"]) == 1, second["warnings"]
+    assert "not a regular file" in second["warnings"][0] or "larger than any entry" in second["warnings"][0]
+    assert path.is_file() and not path.is_symlink()
+    third = run_helper(tmp_path)
+    assert third["calls"] == 0 and third["warnings"] == []
+
+
+@pytest.mark.parametrize("kind", STRANGE)
+@pytest.mark.parametrize("index", ["kept", "deleted"])
+def test_the_cli_finishes_and_prune_removes_a_strange_entry(tmp_path: Path, kind: str, index: str) -> None:
+    """``index="deleted"``: as in a fresh clone of a committed cache dir (the index is not committed)."""
+    import json
+
+    key = run_helper(tmp_path)["key"]
+    path = entry_path(tmp_path)
+    plant(path, kind)
+    if index == "deleted":
+        for name in os.listdir(tmp_path):
+            if name.startswith("index.sqlite3"):
+                os.unlink(tmp_path / name)
+    for command in (["ls"], ["stats", "--json"]):
+        result = run_memollm("--cache-dir", str(tmp_path), *command)
+        assert result.returncode == 0, (command, result.stderr)
+    if index == "kept":
+        shown = run_memollm("--cache-dir", str(tmp_path), "show", key)
+        assert shown.returncode == 1 and "not a regular file" in shown.stderr and "Traceback" not in shown.stderr
+    pruned = run_memollm("--cache-dir", str(tmp_path), "prune", "--json")
+    assert pruned.returncode == 0, pruned.stderr
+    assert json.loads(pruned.stdout)["not_files"] == 1
+    assert not path.exists() and not path.is_symlink()
+    assert json.loads(run_memollm("--cache-dir", str(tmp_path), "ls", "--json").stdout) == []
+    again = run_memollm("--cache-dir", str(tmp_path), "prune")
+    assert "nothing to prune" in again.stdout
+    assert run_helper(tmp_path)["calls"] == 1  # recorded again, as a regular file
+
+
+def test_prune_reports_strange_entries_in_words(tmp_path: Path) -> None:
+    run_helper(tmp_path)
+    plant(entry_path(tmp_path), "directory")
+    pruned = run_memollm("--cache-dir", str(tmp_path), "prune")
+    assert pruned.returncode == 0, pruned.stderr
+    assert "1 entry path holding no regular file" in pruned.stdout
+
+
+@pytest.mark.parametrize("kind", ["file", "fifo"])
+def test_an_entry_dir_that_is_not_a_directory_is_repaired_on_write(tmp_path: Path, kind: str) -> None:
+    run_helper(tmp_path)
+    entry_dir = entry_path(tmp_path).parent
+    for child in entry_dir.iterdir():
+        child.unlink()
+    entry_dir.rmdir()
+    if kind == "file":
+        entry_dir.write_bytes(b"not a directory")
+    else:
+        os.mkfifo(entry_dir)
+    result = run_helper(tmp_path)
+    assert result["answers"] == [{"text": "HELLO"}] * 2
+    assert result["calls"] == 1, result
+    assert entry_dir.is_dir() and not entry_dir.is_symlink()
+
+
+def test_an_index_that_is_a_fifo_does_not_hang(tmp_path: Path) -> None:
+    run_helper(tmp_path)
+    index = tmp_path / "index.sqlite3"
+    for name in os.listdir(tmp_path):
+        if name.startswith("index.sqlite3"):
+            os.unlink(tmp_path / name)
+    os.mkfifo(index)
+    result = run_helper(tmp_path)
+    assert result["answers"] == [{"text": "HELLO"}] * 2 and result["calls"] == 0
+    assert run_memollm("--cache-dir", str(tmp_path), "ls").returncode == 0
+    assert index.is_file()  # moved aside and rebuilt
+
+
+def test_a_gitignore_that_is_a_fifo_does_not_hang(tmp_path: Path) -> None:
+    tmp_path.chmod(0o700)
+    os.mkfifo(tmp_path / ".gitignore")
+    result = run_helper(tmp_path)
+    assert result["answers"] == [{"text": "HELLO"}] * 2 and result["calls"] == 1

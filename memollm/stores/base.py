@@ -17,6 +17,7 @@ class PruneReport:
     bytes: int = 0
     leftovers: int = 0  #: temporary files of interrupted writes
     stale_rows: int = 0  #: index rows whose entry file was gone
+    not_files: int = 0  #: FIFOs, links, directories... found at entry paths and removed
 
 
 class Store(abc.ABC):

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import shutil
 import sqlite3
+import stat
 import time
 from typing import Any, Callable, Iterator, Optional, TypeVar
 
@@ -14,12 +16,23 @@ import joblib
 from ..entry import CorruptEntry, EntryMeta, read_meta
 from ..report import warn_once
 from ..trust import check_trusted
-from .backend import ITEM_FILENAME, STAGING_DIRNAME, call_id, function_dirname, make_private_dirs
+from .backend import (
+    ITEM_FILENAME,
+    STAGING_DIRNAME,
+    NotAnEntryFile,
+    call_id,
+    function_dirname,
+    is_entry_file,
+    make_private_dirs,
+    read_item_file,
+    remove_any,
+)
 from .base import PruneReport, Store
 from .index import INDEX_FILENAME, Index
 from .usage import UsageLog
 
 T = TypeVar("T")
+_KEY_RE = re.compile(r"^[0-9a-f]{32}$")
 LOCKS_DIRNAME = "locks"
 
 GITIGNORE = (
@@ -58,6 +71,7 @@ class DiskStore(Store):
         self._index_checked = -1  # index generation known to be built
         self._index_paused_until = 0.0
         self._pending: set[tuple[str, str]] = set()  # (function, key) whose index row may be stale
+        self._strange: set[str] = set()  # entry paths found not to be regular files, not yet in the index
         self.usage = UsageLog(self.index)
         self.max_size: Optional[int] = None
         self._entries_root = self.backend.location
@@ -72,10 +86,10 @@ class DiskStore(Store):
     def _write_gitignore(self) -> None:
         path = os.path.join(self.location, ".gitignore")
         try:
-            with open(path, "rb") as f:
-                current: Optional[bytes] = f.read()
-        except OSError:
-            current = None
+            found = read_item_file(path, limit=2**16)
+        except OSError:  # a FIFO, a link, a huge file...: not ours, left alone
+            return
+        current = None if found is None else found[0]
         ours = current is not None and current.startswith(GITIGNORE.encode()[:20]) and current != GITIGNORE.encode()
         if current is None or current == JOBLIB_GITIGNORE.encode() or ours:  # missing, joblib's or an older one of ours
             try:
@@ -121,8 +135,10 @@ class DiskStore(Store):
         for function, key in pending:
             path = self.item_path(function, key)
             try:
-                with open(path, "rb") as f:
-                    meta, _ = read_meta(f.read())
+                found = read_item_file(path)
+                if found is None:
+                    raise FileNotFoundError(path)
+                meta, _ = read_meta(found[0])
             except (OSError, CorruptEntry):
                 self.index.remove_if_absent([(key, path)])
                 continue
@@ -152,14 +168,20 @@ class DiskStore(Store):
         """Re-create the index rows from the entries themselves; returns how many."""
         metas = list(self._scan())
         self.index.put_many(metas)
+        self._record_strange()
         self.index.set_info("built", time.time())
         return len(metas)
 
     def _scan(self, function: Optional[str] = None) -> Iterator[EntryMeta]:
         for path in self.backend.iter_item_paths(function):
             try:
-                with open(path, "rb") as f:
-                    meta, _ = read_meta(f.read())
+                found = read_item_file(path)
+                if found is None:
+                    continue
+                meta, _ = read_meta(found[0])
+            except NotAnEntryFile as exc:
+                self._note_strange(exc)
+                continue
             except (OSError, CorruptEntry):
                 continue
             if os.path.basename(os.path.dirname(path)) == meta.key and (function is None or meta.function == function):
@@ -176,7 +198,7 @@ class DiskStore(Store):
     def get(self, function: str, key: str) -> Optional[bytes]:
         path = self.item_path(function, key)
         try:
-            st = os.stat(path)
+            st = os.lstat(path)  # (a link is not followed: a new inode, so never a remembered entry)
         except (FileNotFoundError, NotADirectoryError):
             return None
         signature = (st.st_ino, st.st_size, st.st_mtime_ns)
@@ -187,13 +209,33 @@ class DiskStore(Store):
             return recent[1]
         self.check_trusted()
         try:
-            with open(path, "rb") as f:  # the backend's load_item, minus rebuilding the path
-                data = f.read()
-        except (FileNotFoundError, NotADirectoryError):
+            found = read_item_file(path, st)  # the backend's load_item, minus rebuilding the path
+        except NotAnEntryFile as exc:
+            self._note_strange(exc)
+            self._with_index(self._record_strange, lambda: None)
             return None
+        if found is None:
+            return None
+        data, st = found
         if len(data) == st.st_size and len(data) <= RECENT_ITEM_MAX:
-            self._remember(path, signature, data)
+            self._remember(path, (st.st_ino, st.st_size, st.st_mtime_ns), data)
         return data
+
+    def _note_strange(self, exc: NotAnEntryFile) -> None:
+        """Report a non-regular file at an entry path once, and remember it for ``prune``."""
+        warn_once(
+            self.location,
+            "not-a-file:" + exc.path,
+            f"memollm: the cache entry {exc.path} is {exc.strerror}; it is not read (a miss), the next write "
+            "replaces it and `memollm prune` removes it",
+        )
+        relative = os.path.relpath(exc.path, self.location)
+        if len(self._strange) < PENDING_MAX and not relative.startswith(os.pardir):
+            self._strange.add(relative)
+
+    def _record_strange(self) -> None:
+        strange, self._strange = self._strange, set()
+        self.index.note_strange(strange)
 
     def check_trusted(self) -> None:
         """Raise ``UntrustedCacheDir`` if the dir's owner or mode changed to untrusted since it was
@@ -310,7 +352,9 @@ class DiskStore(Store):
             evicted = self._with_index(lambda: self.evict(int(limit)), PruneReport)
             report.entries += evicted.entries
             report.bytes += evicted.bytes
-        report.stale_rows += self._with_index(self._drop_orphan_rows, lambda: 0)
+        stale, not_files = self._with_index(self._drop_orphan_rows, lambda: (0, 0))
+        report.stale_rows += stale
+        report.not_files += not_files + self._with_index(self._remove_strange, lambda: 0)
         for path in self.backend.iter_leftovers(now - LEFTOVER_AGE, now - DEAD_WRITER_AGE):
             try:
                 size = os.stat(path).st_size
@@ -321,17 +365,41 @@ class DiskStore(Store):
             report.bytes += size
         return report
 
-    def _drop_orphan_rows(self) -> int:
+    def _drop_orphan_rows(self) -> tuple[int, int]:
         """Remove index rows whose entry file is gone (a process killed between the two steps,
-        files deleted by hand). Each prune checks the next ``ORPHAN_CHECK_BATCH`` rows in key
-        order, wrapping around, so its cost does not grow with the cache."""
+        files deleted by hand), and what is not a regular file at an entry path (with its row).
+        Each prune checks the next ``ORPHAN_CHECK_BATCH`` rows in key order, wrapping around, so
+        its cost does not grow with the cache. Returns (stale rows, non-files removed)."""
         keys = self.index.keys_after(self.index.get_info("orphan_cursor") or "", ORPHAN_CHECK_BATCH)
-        rows = [(key, self.item_path(function, key)) for key, function in keys]
-        orphans = [(key, path) for key, path in rows if not os.path.exists(path)]
+        orphans, not_files = [], 0
+        for key, function in keys:
+            path = self.item_path(function, key)
+            regular = is_entry_file(path)
+            if regular:
+                continue
+            if regular is False and _KEY_RE.match(key) and _removed(path):
+                not_files += 1
+            orphans.append((key, path))
         if orphans:
             self.index.remove_if_absent(orphans)
         self.index.set_info("orphan_cursor", keys[-1][0] if len(keys) == ORPHAN_CHECK_BATCH else "")
-        return len(orphans)
+        return len(orphans) - not_files, not_files
+
+    def _remove_strange(self) -> int:
+        """Remove the non-regular files found at entry paths by reads and index rebuilds."""
+        self._record_strange()
+        done, removed = [], 0
+        for relative in self.index.strange(ORPHAN_CHECK_BATCH):
+            done.append(relative)
+            parts = relative.split(os.sep)
+            if os.path.isabs(relative) or os.pardir in parts or parts[-1] != ITEM_FILENAME or len(parts) < 3 or not _KEY_RE.match(parts[-2]):
+                continue  # not an entry path of this dir (the index is not trusted with paths)
+            path = os.path.join(self.location, relative)
+            if is_entry_file(path) is False and _removed(path):
+                removed += 1
+                self.index.remove_if_absent([(parts[-2], path)])
+        self.index.forget_strange(done)
+        return removed
 
     def lock_path(self, key: str) -> str:
         """The per-key lock file used for single flight across processes (``flight`` makes its directory)."""
@@ -343,10 +411,25 @@ class DiskStore(Store):
 
 
 def _size_of(path: str) -> Optional[int]:
+    """The size of the regular file at ``path``; ``None`` if there is none (links not followed)."""
     try:
-        return os.stat(path).st_size
+        st = os.lstat(path)
     except OSError:
         return None
+    return st.st_size if stat.S_ISREG(st.st_mode) else None
+
+
+def _removed(path: str) -> bool:
+    """Remove a non-regular file at an entry path, and its entry dir if that is then empty."""
+    try:
+        removed = remove_any(path)
+    except OSError:
+        return False
+    try:
+        os.rmdir(os.path.dirname(path))
+    except OSError:
+        pass
+    return removed
 
 
 def _children(root: str) -> list[str]:
