@@ -258,13 +258,37 @@ class DiskStore(Store):
         if self.max_size is not None and len(data) > self.max_size:
             return  # it would evict everything else and still not fit
         self.check_trusted()
+        if self.max_size is not None and not self._with_index(lambda: self._make_room(len(data), meta.key), lambda: True):
+            return
         self.backend.dump_item(call_id(meta.function, meta.key), data)
         meta.size = len(data)
         self._with_index(lambda: self._index_and_evict(meta), lambda: self._note_pending(meta.function, meta.key))
 
+    def used_bytes(self) -> int:
+        """What the bound covers: the entries (from the index's running totals) and the index's
+        own files (its write-ahead log included). O(1): three ``stat`` calls."""
+        return self.index.totals()[0] + self.index.file_bytes()
+
+    def _make_room(self, incoming: int, key: str) -> bool:
+        """Evict before writing ``incoming`` bytes, so the dir never holds more than ``max_size``
+        even for a moment; false if the entry cannot fit at all (the index takes the room)."""
+        assert self.max_size is not None
+        if self.used_bytes() + incoming <= self.max_size:
+            return True
+        self.evict(self.max_size - incoming, keep=key)
+        if self.used_bytes() + incoming <= self.max_size:
+            return True
+        warn_once(
+            self.location,
+            "no-room",
+            f"memollm: max_size={self.max_size} bytes leaves no room for an entry of {incoming} bytes in "
+            f"{self.location} (its index takes {self.index.file_bytes()} bytes); results are returned but not cached",
+        )
+        return False
+
     def _index_and_evict(self, meta: EntryMeta) -> None:
         self.index.put_if_present(meta, lambda: _size_of(self.item_path(meta.function, meta.key)))
-        if self.max_size is not None and self.index.totals()[0] > self.max_size:
+        if self.max_size is not None and self.used_bytes() > self.max_size:  # (another process wrote meanwhile)
             self.evict(self.max_size, keep=meta.key)
 
     def configure(self, max_size: Optional[int]) -> None:
@@ -281,7 +305,7 @@ class DiskStore(Store):
         """
         report = PruneReport()
         self.usage.flush()  # recent hits count as recent use
-        total = self.index.totals()[0]
+        total = self.used_bytes()
         while total > max_size:
             rows = [r for r in self.index.least_recently_used(64) if r[0] != keep]
             if not rows:
@@ -294,6 +318,8 @@ class DiskStore(Store):
                 total -= size
                 report.entries += 1
                 report.bytes += size
+            self.index.truncate_log()  # the removals' log pages count too
+            total = self.used_bytes()
         return report
 
     def note_hit(self, meta: EntryMeta) -> None:
@@ -355,6 +381,7 @@ class DiskStore(Store):
         stale, not_files = self._with_index(self._drop_orphan_rows, lambda: (0, 0))
         report.stale_rows += stale
         report.not_files += not_files + self._with_index(self._remove_strange, lambda: 0)
+        self._with_index(self.index.truncate_log, lambda: None)
         for path in self.backend.iter_leftovers(now - LEFTOVER_AGE, now - DEAD_WRITER_AGE):
             try:
                 size = os.stat(path).st_size
@@ -407,6 +434,10 @@ class DiskStore(Store):
 
     def close(self) -> None:
         self.usage.flush()
+        try:
+            self.index.truncate_log()
+        except (sqlite3.Error, OSError):
+            pass
         self.index.close()
 
 

@@ -17,6 +17,8 @@ from typing import Any, Callable, Iterable, Iterator, Optional
 from ..entry import EntryMeta
 
 INDEX_FILENAME = "index.sqlite3"
+WAL_CHECKPOINT_PAGES = 16  # the write-ahead log is copied into the index every 16 pages (64 KiB) ...
+WAL_SIZE_LIMIT = 64 * 2**10  # ... and cut back to 64 KiB when it restarts: it never keeps growing
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
@@ -100,6 +102,8 @@ class Index:
             if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
                 conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
+            conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
             conn.executescript(_SCHEMA)
         except BaseException:
             conn.close()
@@ -148,6 +152,28 @@ class Index:
             except sqlite3.Error:
                 pass
         self._local.conn = self._local.closer = None
+
+    def file_bytes(self) -> int:
+        """Bytes of the index's files: the database, its write-ahead log and shared-memory file."""
+        total = 0
+        for suffix in ("", "-wal", "-shm"):
+            try:
+                total += os.lstat(self.path + suffix).st_size
+            except OSError:
+                pass
+        return total
+
+    def truncate_log(self) -> None:
+        """Copy the write-ahead log into the index and empty it, unless a reader (in any
+        process) still needs it: then nothing waits, and the next checkpoint does it."""
+        conn = self._connect(create=False)
+        conn.execute("PRAGMA busy_timeout=0")
+        try:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        except sqlite3.OperationalError:  # busy or locked: not worth waiting for
+            pass
+        finally:
+            conn.execute("PRAGMA busy_timeout=5000")
 
     def ensure_open(self) -> int:
         """Connect (or reconnect if the file was replaced); returns ``generation``."""
