@@ -4,6 +4,7 @@ Put ``@cache_llm`` on a helper that calls a provider; identical calls are answer
 cache (streams included), with modes for deterministic, offline test runs.
 """
 
+from .core import Explanation, sample
 from .decorator import CachedFunction, cache_llm
 from .errors import CacheMiss, CacheWarning, UncacheableValueWarning
 from .modes import Mode, cache_mode
@@ -16,9 +17,11 @@ __all__ = [
     "CacheMiss",
     "CacheWarning",
     "CachedFunction",
+    "Explanation",
     "Mode",
     "UncacheableValueWarning",
     "cache_llm",
     "cache_mode",
+    "sample",
     "__version__",
 ]

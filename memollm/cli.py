@@ -131,7 +131,7 @@ class CacheDir:
     @classmethod
     def open(cls, cache_dir: Optional[str]) -> "CacheDir":
         """Open an existing cache dir; a missing one is an error (never created here)."""
-        if cache_dir is not None and not cache_dir.strip():
+        if cache_dir is not None and not cache_dir:
             raise CliError("--cache-dir is empty; pass a directory, or leave it out for the default (MEMOLLM_CACHE_DIR, else ~/.cache/memollm)")
         path = os.path.abspath(os.path.expanduser(cache_dir or default_cache_dir()))
         if not os.path.exists(path):

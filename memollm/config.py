@@ -51,7 +51,7 @@ def default_cache_dir() -> str:
     return os.path.join(os.path.expanduser("~"), ".cache", "memollm")
 
 
-def parse_ttl(ttl: Any) -> Optional[float]:
+def parse_ttl(ttl: Any, owner: str = "cache_llm") -> Optional[float]:
     """Seconds as a float, or ``None`` for never; errors name the argument and the fix."""
     if ttl is None:
         return None
@@ -64,19 +64,20 @@ def parse_ttl(ttl: Any) -> Optional[float]:
             seconds = float("inf")
     else:
         raise TypeError(
-            f"cache_llm(ttl=...) must be a number of seconds or a datetime.timedelta (or None to never "
+            f"{owner}(ttl=...) must be a number of seconds or a datetime.timedelta (or None to never "
             f"expire), not {type(ttl).__name__} {ttl!r}"
         )
     if not seconds > 0 or seconds != seconds or seconds == float("inf"):
-        raise ValueError(f"cache_llm(ttl={_short_repr(ttl)}) must be a positive, finite duration; use ttl=None for entries that never expire")
+        raise ValueError(f"{owner}(ttl={_short_repr(ttl)}) must be a positive, finite duration; use ttl=None for entries that never expire")
     return seconds
 
 
 def _short_repr(value: Any) -> str:
-    """``repr`` for an error message; a huge int by its length (its repr may even raise)."""
-    if isinstance(value, int) and value.bit_length() > 128:
-        return f"<an integer of about {int(value.bit_length() * 0.30103) + 1} digits>"
-    return repr(value)
+    try:
+        text = repr(value)
+    except ValueError:  # an int too long to print
+        return "<a number too large to print>"
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
@@ -101,41 +102,31 @@ def parse_size(size: Any, name: str = "max_size") -> Optional[int]:
     return value
 
 
-def secret_bytes(secret: Any) -> Optional[bytes]:
-    """The signing key from ``secret=`` or ``$MEMOLLM_SECRET`` (an empty variable counts as unset).
-
-    An empty ``secret=`` is an error: it would sign nothing, and silently caching nothing (or
-    everything unsigned) is worse than saying so.
-    """
+def secret_bytes(secret: Any, owner: str = "cache_llm") -> Optional[bytes]:
+    """The signing key from ``secret=`` or ``$MEMOLLM_SECRET`` (an empty variable counts as unset)."""
     if secret is None:
         secret = os.environ.get(SECRET_ENV) or None
     if secret is None:
         return None
     if not isinstance(secret, (str, bytes)):
-        raise TypeError(f"cache_llm(secret=...) must be str or bytes, not {type(secret).__name__}")
+        raise TypeError(f"{owner}(secret=...) must be str or bytes, not {type(secret).__name__}")
     if not secret:
-        raise ValueError(
-            f"cache_llm(secret={secret!r}) is empty; pass a non-empty key (e.g. secrets.token_hex(32)), "
-            f"or leave secret out (or None) for unsigned entries"
-        )
+        raise ValueError(f"{owner}(secret={secret!r}) is empty, which would sign nothing; pass a non-empty key, or secret=None for unsigned entries")
     return secret.encode("utf-8") if isinstance(secret, str) else secret
 
 
-def parse_cache_dir(cache_dir: Any, where: str = "cache_llm") -> Optional[str]:
+def parse_cache_dir(cache_dir: Any, owner: str = "cache_llm") -> Optional[str]:
     """A ``cache_dir=`` option as a path, ``None`` for the default; an empty path is an error
-    (it would silently mean the current or the default dir)."""
+    (it would silently mean the default dir, or the current one)."""
     if cache_dir is None:
         return None
     if not isinstance(cache_dir, (str, os.PathLike)):
-        raise TypeError(f"{where}(cache_dir=...) must be a path (str or os.PathLike), not {type(cache_dir).__name__}")
+        raise TypeError(f"{owner}(cache_dir=...) must be a path (str or os.PathLike), not {type(cache_dir).__name__}")
     path = os.fspath(cache_dir)
     if not isinstance(path, str):
-        raise TypeError(f"{where}(cache_dir=...) must be a str path, not {type(path).__name__}")
-    if not path.strip():
-        raise ValueError(
-            f"{where}(cache_dir={path!r}) is empty; pass a directory, or leave cache_dir out for the default "
-            f"(${CACHE_DIR_ENV}, else ~/.cache/memollm)"
-        )
+        raise TypeError(f"{owner}(cache_dir=...) must be a str path, not {type(path).__name__}")
+    if not path:
+        raise ValueError(f"{owner}(cache_dir='') is empty; pass a directory path, or leave cache_dir out for the default ($MEMOLLM_CACHE_DIR)")
     return path
 
 

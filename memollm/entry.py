@@ -52,12 +52,20 @@ class EntryMeta:
     kind: str = KIND_VALUE
     tokens: int = 0
     size: int = 0
+    #: The request the entry answers, as keyed: the normalized arguments of a decorated call,
+    #: or an HTTP request's method, URL, body and key headers (``None``: not recorded).
+    request: Any = None
+    #: What the key was made of besides the request: ``[key format, *identity]`` (``None`` for
+    #: entries written before it was recorded).
+    identity: Optional[list[Any]] = None
+    #: The sample index under ``cache_llm(samples=N)`` (``None`` otherwise).
+    sample: Optional[int] = None
 
     def expired(self, now: Optional[float] = None) -> bool:
         return self.expires is not None and (time.time() if now is None else now) >= self.expires
 
     def header(self) -> dict[str, Any]:
-        return {
+        header = {
             "fn": self.function,
             "key": self.key,
             "created": self.created,
@@ -66,6 +74,13 @@ class EntryMeta:
             "kind": self.kind,
             "tokens": self.tokens,
         }
+        if self.request is not None:
+            header["request"] = self.request
+        if self.identity is not None:
+            header["identity"] = self.identity
+        if self.sample is not None:
+            header["sample"] = self.sample
+        return header
 
 
 @dataclass
@@ -133,7 +148,7 @@ def read_meta(data: bytes, secret: Optional[bytes] = None) -> tuple[EntryMeta, m
         raise CorruptEntry("entry checksum mismatch (torn or altered)")
     start = _PREFIX.size
     try:
-        h = msgpack.unpackb(view[start : start + header_len], raw=False)
+        h = msgpack.unpackb(view[start : start + header_len], raw=False, strict_map_key=False)
         meta = EntryMeta(
             function=h["fn"],
             key=h["key"],
@@ -143,6 +158,9 @@ def read_meta(data: bytes, secret: Optional[bytes] = None) -> tuple[EntryMeta, m
             kind=h.get("kind", KIND_VALUE),
             tokens=int(h.get("tokens", 0) or 0),
             size=len(data),
+            request=h.get("request"),
+            identity=h.get("identity"),
+            sample=h.get("sample"),
         )
     except Exception as exc:
         raise CorruptEntry(f"bad entry header: {exc}") from exc

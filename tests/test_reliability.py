@@ -48,9 +48,12 @@ def test_a_ttl_beyond_any_float_is_the_usual_error(ttl: int) -> None:
         cache_llm(ttl=ttl)
 
 
-@pytest.mark.parametrize("cache_dir", ["", "   "])
-def test_an_empty_cache_dir_is_rejected(cache_dir: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("cache_dir", ["", Path("")])  # (Path("") is ".", the current dir: a real path)
+def test_an_empty_cache_dir_is_rejected(cache_dir: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
+    if isinstance(cache_dir, Path):
+        cache_llm(cache_dir=cache_dir)  # allowed
+        return
     with pytest.raises(ValueError, match=r"cache_llm\(cache_dir=.*empty"):
         cache_llm(cache_dir=cache_dir)
     with pytest.raises(ValueError, match=r"use_cache_dir\(cache_dir=.*empty"):

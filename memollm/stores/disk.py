@@ -60,7 +60,7 @@ class DiskStore(Store):
     """Entries under ``<cache_dir>/joblib/<function>/<xx>/<key>/output.msgpack``."""
 
     def __init__(self, cache_dir: "str | os.PathLike[str]") -> None:
-        if not os.fspath(cache_dir).strip():  # abspath("") would be the current directory
+        if not os.fspath(cache_dir):  # abspath("") would be the current directory
             raise ValueError(f"DiskStore(cache_dir={os.fspath(cache_dir)!r}) is empty; pass a directory")
         self.location = os.path.abspath(os.path.expanduser(os.fspath(cache_dir)))
         make_private_dirs(self.location)
