@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy  # a test dependency (setup.cfg's test extra), never skipped
 import pytest
 
 from memollm import cache_llm
@@ -245,3 +246,190 @@ def test_a_gitignore_that_is_a_fifo_does_not_hang(tmp_path: Path) -> None:
     os.mkfifo(tmp_path / ".gitignore")
     result = run_helper(tmp_path)
     assert result["answers"] == [{"text": "HELLO"}] * 2 and result["calls"] == 1
+
+
+# -- values from real SDKs and builtin subclasses ----------------------------------------------
+
+class Label(str):
+    """A str subclass with an attribute of its own."""
+
+
+class Record(dict):
+    pass
+
+
+class Rows(list):
+    pass
+
+
+def _labelled(text: str) -> Label:
+    label = Label(text)
+    label.source = "model"  # type: ignore[attr-defined]
+    return label
+
+
+SAME_TYPE_VALUES = {
+    "bytearray": lambda: bytearray(b"\x00raw bytes"),
+    "nested bytearray": lambda: {"audio": [bytearray(b"abc"), b"def"], "n": 1},
+    "str subclass": lambda: _labelled("positive"),
+    "dict subclass": lambda: Record(answer=42),
+    "list subclass": lambda: Rows([1, 2, 3]),
+    "numpy.float64": lambda: numpy.float64(0.8125),
+    "numpy.int64": lambda: numpy.int64(-(2**40)),
+    "numpy.float32": lambda: numpy.float32(1.5),
+    "numpy.bool_": lambda: numpy.bool_(True),
+    "numpy values in a dict": lambda: {"score": numpy.float64(0.5), "count": numpy.int64(3)},
+}
+
+
+def _same(a: Any, b: Any) -> bool:
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return bool(a == b) and getattr(a, "__dict__", None) == getattr(b, "__dict__", None)
+
+
+@pytest.mark.parametrize("name", list(SAME_TYPE_VALUES))
+def test_a_hit_returns_the_same_type(name: str, tmp_path: Path) -> None:
+    import warnings
+
+    make = SAME_TYPE_VALUES[name]
+    calls = []
+
+    @cache_llm(cache_dir=tmp_path)
+    def score(prompt: str) -> Any:
+        calls.append(prompt)
+        return make()
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning: stored and read back
+        first, second = score("p"), score("p")
+    assert calls == ["p"], "the value was stored and read back"
+    assert _same(first, make()) and _same(second, make()), (first, second)
+
+
+SUBCLASS_MODULE = '''
+import sys
+from memollm import cache_llm
+
+class Label(str):
+    pass
+
+@cache_llm(cache_dir=sys.argv[1])
+def classify(text):
+    label = Label(text.upper())
+    label.confidence = 0.9
+    return {"label": label, "raw": bytearray(text.encode())}
+'''
+
+SUBCLASS_RUN = """
+import json, sys
+import labels
+value = labels.classify("yes")
+print(json.dumps({
+    "label": [type(value["label"]).__name__, str(value["label"]), value["label"].confidence],
+    "raw": type(value["raw"]).__name__,
+    "hits": labels.classify.cache_info().hits,
+}))
+"""
+
+
+def test_a_str_subclass_and_a_bytearray_come_back_as_themselves_in_another_process(tmp_path: Path) -> None:
+    import json
+
+    (tmp_path / "labels.py").write_text(SUBCLASS_MODULE)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+    runs = []
+    for _ in range(2):
+        out = subprocess.run([sys.executable, "-c", SUBCLASS_RUN, str(tmp_path / "cache")], capture_output=True, text=True, timeout=60, env=env)
+        assert out.returncode == 0, out.stderr
+        runs.append(json.loads(out.stdout))
+    assert runs[0]["hits"] == 0 and runs[1]["hits"] == 1
+    for run in runs:
+        assert run["label"] == ["Label", "YES", 0.9] and run["raw"] == "bytearray"
+
+
+def test_a_str_subclass_with_slots_is_not_stored_and_warns(tmp_path: Path) -> None:
+    from memollm import UncacheableValueWarning
+
+    class Tagged(str):
+        __slots__ = ("tag",)
+
+    calls = []
+
+    @cache_llm(cache_dir=tmp_path)
+    def tag(prompt: str) -> Tagged:
+        calls.append(prompt)
+        value = Tagged(prompt)
+        value.tag = "t"
+        return value
+
+    with pytest.warns(UncacheableValueWarning, match="__slots__"):
+        assert tag("a") == "a"
+    with pytest.warns(UncacheableValueWarning):
+        assert tag("a").tag == "t"
+    assert calls == ["a", "a"]
+
+
+def test_a_numpy_array_is_not_stored_and_warns(tmp_path: Path) -> None:
+    from memollm import UncacheableValueWarning
+
+    @cache_llm(cache_dir=tmp_path)
+    def embed(prompt: str) -> Any:
+        return numpy.arange(3.0)
+
+    with pytest.warns(UncacheableValueWarning, match="ndarray"):
+        assert embed("a").tolist() == [0.0, 1.0, 2.0]
+
+
+@pytest.fixture
+def litellm_module(monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no download of prices at import
+    import litellm
+
+    return litellm
+
+
+def test_a_litellm_model_response_round_trips(litellm_module: Any, tmp_path: Path) -> None:
+    import warnings
+
+    calls = []
+
+    @cache_llm(cache_dir=tmp_path)
+    def ask(prompt: str) -> Any:
+        calls.append(prompt)
+        return litellm_module.completion(model="gpt-4o-mini", messages=[{"role": "user", "content": prompt}], mock_response=f"echo: {prompt}")
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first = ask("hello")
+        second = ask("hello")
+    ours = [str(w.message) for w in caught if "memollm" in str(w.message)]
+    assert ours == [] and calls == ["hello"], ours
+    assert type(second) is type(first) is litellm_module.ModelResponse
+    assert second.choices[0].message.content == "echo: hello"
+    assert second.model_dump() == first.model_dump()
+    assert second == first
+
+
+def test_a_litellm_response_from_the_fake_provider_round_trips(litellm_module: Any, tmp_path: Path) -> None:
+    from llm_server import FakeLLMServer
+
+    with FakeLLMServer() as server:
+
+        @cache_llm(cache_dir=tmp_path)
+        def ask(prompt: str) -> Any:
+            return litellm_module.completion(
+                model="openai/gpt-4o-mini", api_base=server.base_url, api_key="sk-test", messages=[{"role": "user", "content": prompt}]
+            )
+
+        first = ask("bonjour")
+        second = ask("bonjour")
+        assert server.request_count == 1
+    assert type(second) is litellm_module.ModelResponse
+    assert second.choices[0].message.content == "echo: bonjour"
+    assert second.usage.total_tokens == first.usage.total_tokens
+    assert second.model_dump() == first.model_dump()
