@@ -130,10 +130,12 @@ class _Engine:
             if maybe_key is None:
                 return None
             key = maybe_key
-        sample, base = None, key
-        if cache.sampler is not None:
+        base = key
+        if cache.sampler is None:
+            sample = None
+        else:
             key, sample = cache.sample_key(key)
-        store = cache.store(create=mode.writes)
+        store = cache.fixed_store or cache.store(create=mode.writes)  # (a fixed store without a call)
         value = MISSING
         if store is not None and mode.reads:
             value = cache.lookup(store, self.function_id, key)
@@ -150,10 +152,7 @@ class _Engine:
         if sample is not None:
             recorded = self.cache.recorded_samples(store, self.function_id, base)
             lines.append(f"samples={self.cache.samples}: {recorded} of {self.cache.samples} recorded for this request, not sample {sample}.")
-        try:
-            nearest = explaining.explain(store, self.function_id, key, "miss", self.cache.identity, request, self.cache.record_request).summary()
-        except Exception:  # the message is a courtesy: never let it hide the miss
-            nearest = ""
+        nearest = self.cache.nearest_differences(store, self.function_id, key, request)
         if nearest:
             lines.append(nearest)
         return self.cache.miss_error(store, self.function_id, key, detail="\n".join(lines))
@@ -204,14 +203,14 @@ class _Engine:
         plan = self.prepare(instance, args, kwargs)
         if plan is None:
             return wrapped(*args, **kwargs)
-        value = plan[3]
+        mode, store, key, value, _ = plan
         if value is not MISSING:
             return value if type(value) is not Stream else self.deliver(value, False)
-        value, release = self.cache.acquire(plan[0], plan[1], self.function_id, plan[2])
+        value, release = self.cache.acquire(mode, store, self.function_id, key)
         if value is not MISSING:
             return self.deliver(value, False)
         try:
-            self.cache.note_miss(plan[1], self.function_id, plan[2])
+            self.cache.note_miss(store, self.function_id, key)
             request = self.request(instance, args, kwargs)
             start = time.perf_counter()
             result = wrapped(*args, **kwargs)

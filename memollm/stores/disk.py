@@ -46,6 +46,12 @@ GITIGNORE = (
     f"{LOCKS_DIRNAME}/\n"
 )
 JOBLIB_GITIGNORE = "# Created by joblib automatically.\n*\n"
+GITATTRIBUTES = (
+    "# Written by memollm: git diffs show entry files as text once this repository has\n"
+    '#   git config diff.memollm.textconv "memollm textconv"\n'
+    "# (without it they stay binary files). Patterns are relative to this directory.\n"
+    f"joblib/**/{ITEM_FILENAME} -text diff=memollm\n"
+)
 RECENT_BYTES_MAX = 32 * 2**20  # bytes of recently read entries kept per cache dir
 RECENT_ITEM_MAX = 2**20
 LEFTOVER_AGE = 600.0  # seconds before a temporary file counts as the leftover of a dead writer
@@ -82,23 +88,12 @@ class DiskStore(Store):
         self._function_dirs: dict[str, str] = {}
         self._trusted_until = 0.0  # see check_trusted
         self.last_used = 0  # kept by config.disk_store, which closes the least recently used stores
+        self._rebuild_progress: Optional[Callable[[int, int], None]] = None  # see ensure_index
 
     def _write_gitignore(self) -> None:
-        path = os.path.join(self.location, ".gitignore")
-        try:
-            found = read_item_file(path, limit=2**16)
-        except OSError:  # a FIFO, a link, a huge file...: not ours, left alone
-            return
-        current = None if found is None else found[0]
-        ours = current is not None and current.startswith(GITIGNORE.encode()[:20]) and current != GITIGNORE.encode()
-        if current is None or current == JOBLIB_GITIGNORE.encode() or ours:  # missing, joblib's or an older one of ours
-            try:
-                fd = os.open(path + f".tmp-{os.getpid()}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                with os.fdopen(fd, "w") as f:
-                    f.write(GITIGNORE)
-                os.replace(path + f".tmp-{os.getpid()}", path)
-            except OSError:
-                pass
+        """The dir's ``.gitignore`` (what not to commit) and ``.gitattributes`` (entries diff as text)."""
+        _write_ours(os.path.join(self.location, ".gitignore"), GITIGNORE, replaceable=(JOBLIB_GITIGNORE,))
+        _write_ours(os.path.join(self.location, ".gitattributes"), GITATTRIBUTES)
 
     # -- the index, used defensively -------------------------------------------------------
 
@@ -164,16 +159,32 @@ class DiskStore(Store):
             self.rebuild_index()
         self._index_checked = generation
 
-    def rebuild_index(self) -> int:
+    def ensure_index(self, progress: Optional[Callable[[int, int], None]] = None) -> None:
+        """Open the index now, rebuilding it from the entries if it is new; a rebuild reports
+        ``progress(files read, files in all)`` as it goes (``memollm`` draws a bar)."""
+        self._rebuild_progress = progress
+        try:
+            self._with_index(lambda: None, lambda: None)
+        finally:
+            self._rebuild_progress = None
+
+    def rebuild_index(self, progress: Optional[Callable[[int, int], None]] = None) -> int:
         """Re-create the index rows from the entries themselves; returns how many."""
-        metas = list(self._scan())
+        progress = progress or self._rebuild_progress
+        paths = list(self.backend.iter_item_paths())
+        metas = list(self._scan(paths=paths, progress=progress))
         self.index.put_many(metas)
         self._record_strange()
         self.index.set_info("built", time.time())
         return len(metas)
 
-    def _scan(self, function: Optional[str] = None) -> Iterator[EntryMeta]:
-        for path in self.backend.iter_item_paths(function):
+    def _scan(
+        self, function: Optional[str] = None, paths: Optional[list[str]] = None, progress: Optional[Callable[[int, int], None]] = None
+    ) -> Iterator[EntryMeta]:
+        paths = list(self.backend.iter_item_paths(function)) if paths is None else paths
+        for done, path in enumerate(paths, 1):
+            if progress is not None and (done % 256 == 0 or done == len(paths)):
+                progress(done, len(paths))
             try:
                 found = read_item_file(path)
                 if found is None:
@@ -316,8 +327,7 @@ class DiskStore(Store):
                 self.backend.clear_item(call_id(function, key))
                 self.index.remove_if_absent([(key, self.item_path(function, key))])
                 total -= size
-                report.entries += 1
-                report.bytes += size
+                report.removed(size, expired=False)
             self.index.truncate_log()  # the removals' log pages count too
             total = self.used_bytes()
         return report
@@ -338,6 +348,7 @@ class DiskStore(Store):
 
     def clear(self, function: Optional[str] = None) -> int:
         self.usage.forget(function=function)
+        self.usage.forget_history(function)
         removed = sum(1 for _ in self.backend.iter_item_paths(function))
         root = self.backend.location
         targets = [os.path.join(root, function_dirname(function))] if function else _children(root)
@@ -366,8 +377,7 @@ class DiskStore(Store):
                 rows = self.index.expired(now)
                 for key, function, size in rows:
                     self.backend.clear_item(call_id(function, key))
-                    report.entries += 1
-                    report.bytes += size
+                    report.removed(size, expired=True)
                 self.index.remove_if_absent([(key, self.item_path(function, key)) for key, function, _ in rows])
                 if len(rows) < 1000:
                     return
@@ -375,9 +385,7 @@ class DiskStore(Store):
         self._with_index(expire, lambda: None)
         limit = max_size or self.max_size or self._with_index(lambda: self.index.get_info("max_size"), lambda: None)
         if limit:
-            evicted = self._with_index(lambda: self.evict(int(limit)), PruneReport)
-            report.entries += evicted.entries
-            report.bytes += evicted.bytes
+            report.add(self._with_index(lambda: self.evict(int(limit)), PruneReport))
         stale, not_files = self._with_index(self._drop_orphan_rows, lambda: (0, 0))
         report.stale_rows += stale
         report.not_files += not_files + self._with_index(self._remove_strange, lambda: 0)
@@ -441,6 +449,26 @@ class DiskStore(Store):
         self.index.close()
 
 
+def _write_ours(path: str, text: str, replaceable: tuple[str, ...] = ()) -> None:
+    """Write ``text`` to ``path`` if it is missing, one of ``replaceable`` or an older version of
+    ours (same first line); a file someone edited is left alone."""
+    try:
+        found = read_item_file(path, limit=2**16)
+    except OSError:  # a FIFO, a link, a huge file...: not ours, left alone
+        return
+    current = None if found is None else found[0]
+    ours = text.encode()
+    older = current is not None and current.startswith(ours[:20]) and current != ours
+    if current is None or current in (r.encode() for r in replaceable) or older:
+        try:
+            fd = os.open(path + f".tmp-{os.getpid()}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            os.replace(path + f".tmp-{os.getpid()}", path)
+        except OSError:
+            pass
+
+
 def _size_of(path: str) -> Optional[int]:
     """The size of the regular file at ``path``; ``None`` if there is none (links not followed)."""
     try:
@@ -485,4 +513,5 @@ def _meta_from_row(row: dict[str, Any]) -> EntryMeta:
         kind=row["kind"],
         tokens=row["tokens"],
         size=row["size"],
+        sample=row.get("sample"),
     )

@@ -31,7 +31,8 @@ CREATE TABLE IF NOT EXISTS entries (
     tokens INTEGER NOT NULL DEFAULT 0,
     kind TEXT NOT NULL DEFAULT 'value',
     hits INTEGER NOT NULL DEFAULT 0,
-    last_access REAL NOT NULL
+    last_access REAL NOT NULL,
+    sample INTEGER
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS entries_function ON entries(function);
 CREATE INDEX IF NOT EXISTS entries_expires ON entries(expires) WHERE expires IS NOT NULL;
@@ -56,9 +57,21 @@ CREATE TABLE IF NOT EXISTS stats (
     seconds_saved REAL NOT NULL DEFAULT 0,
     tokens_saved INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS history (
+    function TEXT NOT NULL,
+    hour INTEGER NOT NULL,
+    hits INTEGER NOT NULL DEFAULT 0,
+    misses INTEGER NOT NULL DEFAULT 0,
+    seconds_saved REAL NOT NULL DEFAULT 0,
+    tokens_saved INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (function, hour)
+) WITHOUT ROWID;
 """
 
-_COLUMNS = "key, function, created, expires, size, duration, tokens, kind, hits, last_access"
+#: Columns added since the first release, with their types: an older index gains them when opened
+#: (its rows read as NULL), and older versions keep writing to it unharmed.
+_ADDED_COLUMNS = (("sample", "INTEGER"),)
+_COLUMNS = "key, function, created, expires, size, duration, tokens, kind, hits, last_access, sample"
 
 
 class Index:
@@ -105,6 +118,7 @@ class Index:
             conn.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
             conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
             conn.executescript(_SCHEMA)
+            _add_columns(conn)
         except BaseException:
             conn.close()
             raise
@@ -297,11 +311,23 @@ class Index:
 
 
 _UPSERT = (
-    f"INSERT INTO entries ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?) "
+    f"INSERT INTO entries ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?) "
     "ON CONFLICT(key) DO UPDATE SET function=excluded.function, created=excluded.created, "
     "expires=excluded.expires, size=excluded.size, duration=excluded.duration, "
-    "tokens=excluded.tokens, kind=excluded.kind, last_access=excluded.last_access"
+    "tokens=excluded.tokens, kind=excluded.kind, last_access=excluded.last_access, sample=excluded.sample"
 )
+
+
+def _add_columns(conn: sqlite3.Connection) -> None:
+    """Migrate an index made by an older version: add the columns it lacks."""
+    present = {row[1] for row in conn.execute("PRAGMA table_info(entries)")}
+    for name, kind in _ADDED_COLUMNS:
+        if name not in present:
+            try:
+                conn.execute(f"ALTER TABLE entries ADD COLUMN {name} {kind}")
+            except sqlite3.OperationalError as exc:
+                if "duplicate column" not in str(exc).lower():  # another process added it first
+                    raise
 
 
 class _Closer:
@@ -329,7 +355,7 @@ def _is_file(path: str) -> bool:
 
 
 def _row(m: EntryMeta) -> tuple[Any, ...]:
-    return (m.key, m.function, m.created, m.expires, m.size, m.duration, m.tokens, m.kind, 0, m.created)
+    return (m.key, m.function, m.created, m.expires, m.size, m.duration, m.tokens, m.kind, 0, m.created, m.sample)
 
 
 class _transaction:

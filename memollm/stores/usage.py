@@ -4,7 +4,9 @@ Hits happen on the fast path, so they are buffered in memory and written by a ba
 thread in one transaction ten times a second (and at exit): a hit never waits for SQLite, and
 ``memollm stats`` run right after a call already sees it.
 The counters persist across runs so ``memollm stats`` can report them, and ``last_access``
-drives least-recently-used eviction.
+drives least-recently-used eviction. The same counters per function and hour (UTC epoch hours)
+make the history ``memollm report`` draws: one row per function and hour, written in the same
+batched transaction.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class UsageLog:
         self._lock = threading.Lock()
         self._entry_hits: dict[str, list[Any]] = {}  # key -> [hits, last access, function]
         self._functions: dict[str, list[Any]] = {}  # function -> [hits, misses, seconds, tokens]
+        self._history: dict[tuple[str, int], list[Any]] = {}  # (function, hour) -> [hits, misses, seconds, tokens]
         self._hits: list[tuple[str, str, float, int, float]] = []
         _live_logs.add(self)
 
@@ -42,6 +45,7 @@ class UsageLog:
             _start_flusher()
         with self._lock:
             self._functions.setdefault(function, [0, 0, 0.0, 0])[1] += 1
+            self._history.setdefault((function, int(time.time() // 3600)), [0, 0, 0.0, 0])[1] += 1
 
     def flush(self) -> None:
         """Write what is buffered. While the index does not exist yet (a new cache dir, before
@@ -51,7 +55,8 @@ class UsageLog:
             self._tally()
             entry_hits, self._entry_hits = self._entry_hits, {}
             functions, self._functions = self._functions, {}
-        if not entry_hits and not functions:
+            history, self._history = self._history, {}
+        if not entry_hits and not functions and not history:
             return
         try:
             conn = self.index._connect(create=False)
@@ -66,14 +71,24 @@ class UsageLog:
                     "seconds_saved = seconds_saved + excluded.seconds_saved, tokens_saved = tokens_saved + excluded.tokens_saved",
                     [(f, *c) for f, c in functions.items()],
                 )
+                conn.executemany(
+                    "INSERT INTO history (function, hour, hits, misses, seconds_saved, tokens_saved) VALUES (?,?,?,?,?,?) "
+                    "ON CONFLICT(function, hour) DO UPDATE SET hits = hits + excluded.hits, misses = misses + excluded.misses, "
+                    "seconds_saved = seconds_saved + excluded.seconds_saved, tokens_saved = tokens_saved + excluded.tokens_saved",
+                    [(f, hour, *c) for (f, hour), c in history.items()],
+                )
         except FileNotFoundError:  # no index yet (flushes never create one): keep the tallies
-            self._keep(entry_hits, functions)
+            self._keep(entry_hits, functions, history)
         except Exception:  # usage is an accelerator's bookkeeping: never worth failing a call
             pass
 
-    def _keep(self, entry_hits: dict[str, list[Any]], functions: dict[str, list[Any]]) -> None:
-        """Merge tallies back into the buffer (bounded: one item per key and per function)."""
+    def _keep(self, entry_hits: dict[str, list[Any]], functions: dict[str, list[Any]], history: dict[tuple[str, int], list[Any]]) -> None:
+        """Merge tallies back into the buffer (bounded: one item per key, per function and per hour)."""
         with self._lock:
+            for bucket, counters in history.items():
+                mine = self._history.setdefault(bucket, [0, 0, 0.0, 0])
+                for i, value in enumerate(counters):
+                    mine[i] += value
             for key, (hits, when, function) in entry_hits.items():
                 entry = self._entry_hits.setdefault(key, [0, when, function])
                 entry[0] += hits
@@ -92,10 +107,10 @@ class UsageLog:
                 entry = self._entry_hits.setdefault(key, [0, when, function])
                 entry[0] += 1
                 entry[1] = max(entry[1], when)
-            counters = self._functions.setdefault(function, [0, 0, 0.0, 0])
-            counters[0] += 1
-            counters[2] += duration
-            counters[3] += tokens
+            for counters in (self._functions.setdefault(function, [0, 0, 0.0, 0]), self._history.setdefault((function, int(when // 3600)), [0, 0, 0.0, 0])):
+                counters[0] += 1
+                counters[2] += duration
+                counters[3] += tokens
 
     def forget(self, function: Optional[str] = None, key: Optional[str] = None) -> None:
         """Drop the buffered per-entry hits of entries being deleted (one key, a function's, or
@@ -112,6 +127,20 @@ class UsageLog:
             if key is None:
                 self._functions = {f: c for f, c in self._functions.items() if function is not None and f != function}
 
+    def forget_history(self, function: Optional[str] = None) -> None:
+        """Drop the usage history of a cleared function (or of all): buffered and persisted."""
+        with self._lock:
+            self._tally()
+            self._history = {bucket: c for bucket, c in self._history.items() if function is not None and bucket[0] != function}
+        try:
+            conn = self.index._connect(create=False)
+            if function is None:
+                conn.execute("DELETE FROM history")
+            else:
+                conn.execute("DELETE FROM history WHERE function = ?", (function,))
+        except Exception:  # no index yet, or an unusable one: there is no history to drop
+            pass
+
     def totals(self, function: Optional[str] = None) -> list[dict[str, Any]]:
         """Persisted counters per function (after flushing this process's buffer)."""
         self.flush()
@@ -120,6 +149,16 @@ class UsageLog:
         rows = conn.execute(sql + " WHERE function = ?", (function,)) if function else conn.execute(sql + " ORDER BY function")
         names = ["function", "hits", "misses", "seconds_saved", "tokens_saved"]
         return [dict(zip(names, row)) for row in rows]
+
+    def history(self, function: Optional[str] = None) -> list[dict[str, Any]]:
+        """Persisted counters per function and hour, oldest first: ``hour`` is the start of the
+        hour in epoch seconds (UTC); then ``hits``, ``misses``, ``seconds_saved``, ``tokens_saved``."""
+        self.flush()
+        conn = self.index._connect()
+        sql = "SELECT function, hour, hits, misses, seconds_saved, tokens_saved FROM history"
+        rows = conn.execute(sql + " WHERE function = ? ORDER BY hour", (function,)) if function else conn.execute(sql + " ORDER BY hour, function")
+        names = ["function", "hour", "hits", "misses", "seconds_saved", "tokens_saved"]
+        return [{**dict(zip(names, row)), "hour": row[1] * 3600} for row in rows]
 
 
 _live_logs: "weakref.WeakSet[UsageLog]" = weakref.WeakSet()
@@ -144,7 +183,7 @@ def _start_flusher() -> None:
         if _flusher_pid != os.getpid():
             if _flusher_pid:  # a forked child: what is buffered belongs to the parent, which writes it
                 for log in list(_live_logs):
-                    log._hits, log._entry_hits, log._functions = [], {}, {}
+                    log._hits, log._entry_hits, log._functions, log._history = [], {}, {}, {}
             threading.Thread(target=_flush_loop, name="memollm-usage", daemon=True).start()
             _flusher_pid = os.getpid()
 
