@@ -433,3 +433,13 @@ def test_a_litellm_response_from_the_fake_provider_round_trips(litellm_module: A
     assert second.choices[0].message.content == "echo: bonjour"
     assert second.usage.total_tokens == first.usage.total_tokens
     assert second.model_dump() == first.model_dump()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink-zero"])
+def test_textconv_of_a_strange_entry_finishes(tmp_path: Path, kind: str) -> None:
+    run_helper(tmp_path)
+    path = entry_path(tmp_path)
+    plant(path, kind)
+    result = run_memollm("textconv", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "not a memollm entry file" in result.stdout and "not a regular file" in result.stdout
