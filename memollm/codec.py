@@ -138,6 +138,7 @@ def _encode_other(value: Any, pack: Any, allow_pickle: bool) -> Any:
         return msgpack.ExtType(EXT_NUMPY, pack([dtype.str, value.tobytes()]))
     for name, base in _SUBCLASS_BASES.items():  # restored as the subclass, like pickle does
         if isinstance(value, base) and not isinstance(value, bool):
+            _check_rebuildable(t, name)
             return msgpack.ExtType(EXT_SUBCLASS, pack([_class_ref(t), name, _AS_BASE[name](value), _instance_dict(value)]))
     if hasattr(t, "model_fields") and hasattr(value, "model_dump"):
         state = _model_state(value)
@@ -184,6 +185,30 @@ def _encode_other(value: Any, pack: Any, allow_pickle: bool) -> Any:
         "numbers, None, dict, list, tuple, set, datetime/UUID/Decimal, enums, dataclasses and pydantic "
         "models. Return one of those, or opt in with cache_llm(allow_pickle=True)."
     )
+
+
+_rebuildable: "weakref.WeakKeyDictionary[type, bool]" = weakref.WeakKeyDictionary()
+_HEAPTYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: a class defined by a class statement
+
+
+def _check_rebuildable(cls: type, name: str) -> None:
+    """Refuse (``UnencodableValue``) a subclass that the base type's ``__new__`` cannot make (a
+    subclass of ``OrderedDict`` or of a C type other than the base): stored, it would never be read."""
+    ok = _rebuildable.get(cls)
+    if ok is None:
+        base: Any = _SUBCLASS_BASES[name]
+        # Only classes written in Python between it and the base: a C type in between
+        # (OrderedDict, defaultdict) keeps state that the base's __new__ does not set up.
+        between = cls.__mro__[: cls.__mro__.index(base)]
+        ok = all(c.__flags__ & _HEAPTYPE for c in between)
+        if ok:
+            try:
+                base.__new__(cls) if name in ("dict", "list") else base.__new__(cls, base())
+            except Exception:
+                ok = False
+        _rebuildable[cls] = ok
+    if not ok:
+        raise UnencodableValue(f"memollm cannot store a {cls.__module__}.{cls.__qualname__}: it cannot be rebuilt from its {name} value")
 
 
 def _instance_dict(value: Any) -> Any:

@@ -443,3 +443,24 @@ def test_textconv_of_a_strange_entry_finishes(tmp_path: Path, kind: str) -> None
     result = run_memollm("textconv", str(path))
     assert result.returncode == 0, result.stderr
     assert "not a memollm entry file" in result.stdout and "not a regular file" in result.stdout
+
+
+def test_a_subclass_the_base_type_cannot_rebuild_is_not_stored_and_warns(tmp_path: Path) -> None:
+    import collections
+
+    from memollm import UncacheableValueWarning
+
+    class Ordered(collections.OrderedDict):  # keeps its order in C: dict's __new__ cannot rebuild it
+        pass
+
+    calls = []
+
+    @cache_llm(cache_dir=tmp_path)
+    def answer(prompt: str) -> Ordered:
+        calls.append(prompt)
+        return Ordered(b=1, a=2)
+
+    for _ in range(2):
+        with pytest.warns(UncacheableValueWarning, match="cannot be rebuilt"):
+            assert list(answer("p").items()) == [("b", 1), ("a", 2)]
+    assert calls == ["p", "p"]
