@@ -70,6 +70,10 @@ def test_an_empty_cache_dir_is_rejected_everywhere_else(tmp_path: Path) -> None:
         MemollmCache(cache_dir="")
     with pytest.raises(ValueError, match=r"DiskStore\(cache_dir=.*empty"):
         DiskStore("")
+    from memollm.stores.redis import RedisStore
+
+    with pytest.raises(ValueError, match=r"local='' is empty"):
+        RedisStore("redis://127.0.0.1:1/0", local="")
     result = subprocess.run(
         [sys.executable, "-m", "memollm", "--cache-dir", "", "ls"],
         capture_output=True,

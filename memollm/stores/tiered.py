@@ -25,10 +25,11 @@ def as_local_store(local: Union[str, "os.PathLike[str]", Store, None]) -> Option
     if local is None or isinstance(local, Store):
         return local
     if isinstance(local, (str, os.PathLike)):
-        from ..config import disk_store, parse_cache_dir
+        from ..config import disk_store
 
-        path = parse_cache_dir(local, "RedisStore(local=...)")  # (not None here)
-        return disk_store(os.path.abspath(os.path.expanduser(path or "")))
+        if not os.fspath(local):
+            raise ValueError("local='' is empty; pass the local tier's cache dir, or leave local out for none")
+        return disk_store(os.path.abspath(os.path.expanduser(os.fspath(local))))
     raise TypeError(f"local= must be a cache dir or a memollm Store, not {type(local).__name__}")
 
 
