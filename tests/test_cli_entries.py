@@ -229,3 +229,32 @@ def test_stats_after_clear_lists_no_cleared_function(tmp_path, capsys):
     assert names() == []
     code, out, _ = call(capsys, "stats", "--cache-dir", d)
     assert "no entries" in out and "dropped" not in out and "kept" not in out
+
+
+def test_http_entries_show_their_request_and_json_body(tmp_path, capsys):
+    import httpx
+
+    import memollm.http
+
+    d = str(tmp_path / "cache")
+
+    def reply(request):
+        return httpx.Response(200, json={"choices": [{"message": {"content": "Paris, of course"}}]})
+
+    http = httpx.Client(transport=memollm.http.CachingTransport(httpx.MockTransport(reply), cache_dir=d))
+    http.post(
+        "https://api.example.com/v1/chat/completions",
+        json={"model": "m", "messages": [{"role": "user", "content": "Capital of France?"}]},
+        headers={"authorization": "Bearer sk-http-secret"},
+    )
+    http.close()
+    (entry,) = json.loads(call(capsys, "ls", "--cache-dir", d, "--grep", "capital of france", "--json")[1])
+    code, out, err = call(capsys, "show", entry["key"], "--cache-dir", d)
+    assert code == 0, err
+    assert out.index('"path": "/v1/chat/completions"') < out.index('"body (JSON)": {') < out.index('"content": "Paris, of course"')
+    assert "sk-http-secret" not in out
+    doc = json.loads(call(capsys, "show", entry["key"], "--cache-dir", d, "--json")[1])
+    assert isinstance(doc["value"]["body"], str)  # --json keeps what is stored
+    path = DiskStore(d).item_path(entry["function"], entry["key"])
+    code, out, _ = call(capsys, "textconv", path)
+    assert '      "content": "Paris, of course"' in out and "sk-http-secret" not in out

@@ -189,6 +189,36 @@ def test_credentials_and_cookies_never_reach_the_disk(server: FakeLLMServer, tmp
 # -- what is stored ---------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("name", sorted(LIBRARIES))
+def test_compressed_bodies_are_stored_decoded(tmp_path, name: str) -> None:
+    import gzip
+
+    module = LIBRARIES[name]
+    payload = json.dumps({"answer": "compressed", "usage": {"total_tokens": 11}}).encode()
+
+    def make(request: Any) -> Any:
+        packed = gzip.compress(payload)
+        return module.Response(200, content=packed, headers={"content-encoding": "gzip", "content-type": "application/json"})
+
+    inner = Counting(module, make)
+    transport = memollm.http.CachingTransport(inner, cache_dir=tmp_path)
+    http = module.Client(transport=transport)
+    answers = [http.post("https://x.test/v1/q", json={"q": 1}) for _ in range(2)]
+    assert inner.calls == 1
+    assert [a.json()["answer"] for a in answers] == ["compressed"] * 2
+    assert all("content-encoding" not in a.headers and a.headers["content-length"] == str(len(payload)) for a in answers)
+    assert transport.cache_info().tokens_saved == 11
+    files = [os.path.join(d, f) for d, _, names in os.walk(tmp_path) for f in names if f.endswith(".msgpack")]
+    assert any(b'"answer": "compressed"' in open(f, "rb").read() for f in files)  # readable by memollm show / ls --grep
+
+    def corrupt(request: Any) -> Any:
+        return module.Response(200, content=b"not gzip at all", headers={"content-encoding": "gzip", "content-type": "application/json"})
+
+    broken = module.Client(transport=memollm.http.CachingTransport(Counting(module, corrupt), cache_dir=tmp_path))
+    with pytest.raises(module.DecodingError):
+        broken.post("https://x.test/v1/broken", json={})
+
+
 def test_error_responses_are_not_stored(server: FakeLLMServer, tmp_path) -> None:
     http = memollm.http.client(cache_dir=tmp_path)
     server.fail_next(status=500)
@@ -362,11 +392,11 @@ def test_modes_readonly_refresh_off(server: FakeLLMServer, tmp_path) -> None:
 
 
 def test_ttl_expires_entries(server: FakeLLMServer, tmp_path) -> None:
-    http = memollm.http.client(cache_dir=tmp_path, ttl=0.3)
+    http = memollm.http.client(cache_dir=tmp_path, ttl=1.5)
     chat(server, http, "short lived")
     chat(server, http, "short lived")
     assert server.request_count == 1
-    time.sleep(0.35)
+    time.sleep(1.6)
     chat(server, http, "short lived")
     assert server.request_count == 2
 

@@ -10,6 +10,7 @@ from typing import Any, Iterable, Optional
 
 from ..config import default_cache_dir
 from ..entry import EntryMeta
+from ..keys import readable
 from ..stores.backend import STAGING_DIRNAME
 from ..stores.disk import DiskStore
 from ..stores.index import INDEX_FILENAME
@@ -22,8 +23,10 @@ class CliError(Exception):
 
 
 def entry_request(meta: EntryMeta) -> Any:
-    """The request an entry answers (plain data), or ``None`` when it was not recorded."""
-    return getattr(meta, "request", None)
+    """The request an entry answers as plain data (tagged values such as dates in their text
+    form, ``keys.readable``), or ``None`` when it was not recorded."""
+    request = getattr(meta, "request", None)
+    return None if request is None else readable(request)
 
 
 def entry_sample(meta: EntryMeta) -> Optional[int]:

@@ -4,6 +4,7 @@ unpickled), and the text ``ls --grep`` and the report search."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional
 
@@ -43,6 +44,20 @@ class Shown:
         if isinstance(self.value, Stream):
             return {"chunks": [to_jsonable(c) for c in self.value.chunks], "result": to_jsonable(self.value.result)}
         return to_jsonable(self.value)
+
+
+def readable(value: Any) -> Any:
+    """For people (``show``, ``textconv``, the report): an HTTP response's JSON ``body`` text
+    shown as the JSON it holds, under ``"body (JSON)"``, one field a line. ``--json`` output
+    keeps the text as stored."""
+    body = value.get("body") if isinstance(value, dict) else None
+    if isinstance(body, (bytes, bytearray, str)) and body[:1] in ("{", "[", b"{", b"["):
+        try:
+            parsed = json.loads(body)
+        except ValueError:  # not JSON after all (or not UTF-8): shown as stored
+            return value
+        return {("body (JSON)" if k == "body" else k): (parsed if k == "body" else v) for k, v in value.items()}
+    return value
 
 
 def read_entry(data: bytes, verify: bool = True) -> Shown:

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from .common import EXIT_OK, CacheDir, CliError, FunctionStats, Listed
-from .entries import UnreadableEntry, read_entry
+from .entries import UnreadableEntry, read_entry, readable
 from .stats import collect
-from .ui import Progress, console, human_size, plural
+from .ui import Progress, as_text, console, human_size, one_line, plural, type_name
 
 HELP = "write an HTML report of what the cache saved: per function, over time, and the recorded calls"
 CALLS_DEFAULT = 1000  # recorded calls embedded in the page (the most recent ones)
@@ -81,8 +81,8 @@ class Report:
 
 def gather(cache: CacheDir, calls: int = CALLS_DEFAULT) -> Report:
     """Collect the report's figures from an open cache dir."""
-    functions, total, persisted = collect(cache)
     rows = cache.rows()
+    functions, total, persisted = collect(cache, rows=rows)
     report = Report(
         cache_dir=cache.path,
         generated=time.time(),
@@ -113,8 +113,6 @@ def _history(cache: CacheDir) -> list[dict[str, Any]]:
 
 
 def _call(cache: CacheDir, row: Listed) -> Call:
-    from .ui import as_text, one_line, type_name
-
     data = cache.store.get(row.function, row.key) if cache.store is not None else None
     if data is None:
         return Call(row, None, None, error="its file is gone or is not a regular file (run `memollm prune`)")
@@ -145,7 +143,7 @@ def _call(cache: CacheDir, row: Listed) -> Call:
         call.returned = text(stream.result, pretty=False)
         call.type = f"stream of {len(stream.chunks)} chunks"
     else:
-        call.response = text(shown.value)
+        call.response = text(readable(shown.value))
     call.cut = cut
     return call
 

@@ -162,7 +162,7 @@ def _buckets(history: Iterable[dict[str, Any]]) -> tuple[str, list[tuple[float, 
 def _history_charts(history: list[dict[str, Any]]) -> str:
     unit, buckets = _buckets(history)
     if not buckets:
-        return '<p class="empty">No hits recorded yet: the history starts with the first hit.</p>'
+        return '<p class="empty">No hits in the usage history yet: it starts with the first hit this version of memollm records.</p>'
 
     def label(start: float) -> str:
         return time.strftime("%Y-%m-%d %H:00" if unit == "hour" else "%Y-%m-%d", time.gmtime(start)) + (" UTC" if unit == "hour" else "")

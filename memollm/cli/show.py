@@ -8,7 +8,7 @@ import sys
 import time
 
 from .common import EXIT_OK, CacheDir, CliError, Listed
-from .entries import UnreadableEntry, read_entry
+from .entries import UnreadableEntry, read_entry, readable
 from .ui import as_text, console, human_duration, human_expiry, human_size, human_time, indent, one_line, print_json, to_jsonable, type_name
 
 HELP = "show one entry: the request, then the response (a stream as its chunks)"
@@ -71,5 +71,5 @@ def run(args: argparse.Namespace) -> int:
         field("returned", one_line(value.result))
     else:
         field("value", f"({type_name(value)})")
-        out.print(Text(indent(as_text(value))))
+        out.print(Text(indent(as_text(readable(value)))))
     return EXIT_OK

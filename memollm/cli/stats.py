@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Optional
 
-from .common import EXIT_OK, CacheDir, FunctionStats, match_functions, persisted_counters
+from .common import EXIT_OK, CacheDir, FunctionStats, Listed, match_functions, persisted_counters
 from .ui import console, human_dollars, human_duration, human_size, print_json, print_table
 
 HELP = "per-function entries, size, hits, time, tokens and dollars saved"
@@ -15,10 +16,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     pass
 
 
-def collect(cache: CacheDir, function: "str | None" = None) -> tuple[list[FunctionStats], FunctionStats, bool]:
-    """Per-function figures (of ``function`` if given), their total, and whether the dir persists
-    counters (then misses are known)."""
-    stats = cache.stats(cache.rows())
+def collect(
+    cache: CacheDir, function: Optional[str] = None, rows: Optional[list[Listed]] = None
+) -> tuple[list[FunctionStats], FunctionStats, bool]:
+    """Per-function figures (of ``function`` if given; of ``rows`` if given, else of every entry),
+    their total, and whether the dir persists counters (then misses are known)."""
+    stats = cache.stats(cache.rows() if rows is None else rows)
     if function is not None:
         wanted = set(match_functions(function, (s.function for s in stats)))
         stats = [s for s in stats if s.function in wanted]

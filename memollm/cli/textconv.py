@@ -19,7 +19,7 @@ import xxhash
 from ..entry import Stream
 from ..stores.backend import NotAnEntryFile, read_item_file
 from .common import EXIT_OK, CliError
-from .entries import Shown, UnreadableEntry, read_entry
+from .entries import Shown, UnreadableEntry, read_entry, readable
 from .ui import to_jsonable, type_name
 
 SHORT_CHUNK = 100  # characters of JSON: a chunk this short takes one line
@@ -86,7 +86,7 @@ def render(shown: Shown) -> str:
         lines += _block(_json(value.result))
     else:
         lines.append(f"response: ({type_name(value)})")
-        lines += _block(value if isinstance(value, str) else _json(value))
+        lines += _block(value if isinstance(value, str) else _json(readable(value)))
     return "\n".join(lines) + "\n"
 
 

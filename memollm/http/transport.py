@@ -104,7 +104,9 @@ class HttpCache:
             cache.note_miss(store, function, key)
             url = request.url
             asked = f"{request.method} {url.scheme}://{url.netloc.decode('ascii')}{url.path}"
-            raise cache.miss_error(store, function, key, what=asked, detail=cache.nearest_differences(store, function, key, request_tree(packed)))
+            raise cache.miss_error(
+                store, function, key, what=asked, detail=cache.nearest_differences(store, function, key, request_tree(packed))
+            )
         return mode, store, function, key, packed, value
 
     # -- a response -------------------------------------------------------------------------
@@ -118,6 +120,23 @@ class HttpCache:
 
     def storable(self, plan: Any, response: Any) -> bool:
         return 200 <= response.status_code < 300 and plan[1] is not None and plan[0].writes
+
+    def settle(self, library: Library, plan: Any, response: Any, raw: bytes, duration: float) -> Any:
+        """Store a response read on a miss; the caller gets it as a hit would give it (its body
+        decoded, ``content-encoding`` gone), with its cookies. A body that cannot be decoded
+        is handed back as it came, unstored."""
+        headers = response.headers
+        body, live = raw, list(headers.multi_items())
+        if "content-encoding" in headers:
+            try:
+                body = library.Response(response.status_code, headers=headers, content=raw).content
+            except Exception:  # a corrupt compressed body: the caller's library reports it
+                return library.response(response.status_code, live, library.ByteStream(raw), response.extensions)
+            live = [(k, v) for k, v in live if k.lower() not in ("content-encoding", "content-length")]
+            live.append(("content-length", str(len(body))))
+        answer = library.response(response.status_code, live, library.ByteStream(body), response.extensions)
+        self.save(library, plan, answer, body, duration)
+        return answer
 
     def save(self, library: Library, plan: Any, response: Any, body: bytes, duration: float) -> None:
         """Store a read response (``cache_if`` judges the response handed to the caller)."""
@@ -363,11 +382,7 @@ class CachingTransport(_TransportBase):
                 body = b"".join(response.stream)
             finally:
                 response.stream.close()
-            answer = library.response(
-                response.status_code, list(response.headers.multi_items()), library.ByteStream(body), response.extensions
-            )
-            http.save(library, plan, answer, body, time.perf_counter() - start)
-            return answer
+            return http.settle(library, plan, response, body, time.perf_counter() - start)
         finally:
             release()
 
@@ -466,11 +481,7 @@ class AsyncCachingTransport(_TransportBase):
                 body = b"".join([chunk async for chunk in response.stream])
             finally:
                 await response.stream.aclose()
-            answer = library.response(
-                response.status_code, list(response.headers.multi_items()), library.ByteStream(body), response.extensions
-            )
-            http.save(library, plan, answer, body, time.perf_counter() - start)
-            return answer
+            return http.settle(library, plan, response, body, time.perf_counter() - start)
         finally:
             release()
 
