@@ -14,8 +14,11 @@ import dataclasses
 import datetime as _dt
 import decimal
 import enum
+import gc
 import inspect
+import itertools
 import pickle
+import re
 import sys
 import types
 import typing
@@ -58,6 +61,22 @@ EXT_MODEL = 16  # a pydantic model by the state pickle would keep (see _model_st
 EXT_ORDERED_DICT = 17
 EXT_COUNTER = 18
 EXT_DEFAULT_DICT = 19
+EXT_BYTEARRAY = 20
+EXT_SUBCLASS = 21  # a subclass of str, bytes, int, float, dict or list: [class, base, value, __dict__]
+EXT_NUMPY = 22  # a numpy scalar: [dtype string, its bytes]
+
+_SUBCLASS_BASES: dict[str, type] = {"str": str, "bytes": bytes, "int": int, "float": float, "dict": dict, "list": list}
+# The base value of a subclass instance, without calling anything the subclass overrides.
+_AS_BASE: dict[str, Any] = {
+    "str": str.__str__,
+    "bytes": lambda v: bytes.__add__(b"", v),
+    "int": int.__int__,
+    "float": float.__float__,
+    "dict": dict.copy,
+    "list": list.copy,
+}
+_NUMPY_KINDS = "biufcmMUS"  # booleans, numbers, dates and durations, fixed-size strings: never objects
+_NUMPY_DTYPE_RE = re.compile(r"^[<>|=]?[biufcmMUS][0-9]{1,4}(\[[A-Za-z0-9]{1,8}\])?$")
 
 
 _local_classes: weakref.WeakValueDictionary[tuple[str, str], type] = weakref.WeakValueDictionary()
@@ -111,9 +130,16 @@ def _encode_other(value: Any, pack: Any, allow_pickle: bool) -> Any:
         if factory is not None and not isinstance(factory, type):
             raise UnencodableValue(f"memollm cannot store a defaultdict whose default_factory is {factory!r} (only a class such as list or int)")
         return msgpack.ExtType(EXT_DEFAULT_DICT, pack([None if factory is None else _class_ref(factory), [[k, v] for k, v in value.items()]]))
-    for base in (dict, list, str, bytes, int, float):  # other subclasses (numpy.float64, ...) as their base
+    numpy = sys.modules.get("numpy")
+    if numpy is not None and isinstance(value, numpy.generic):  # numpy.float64, numpy.int64, ...
+        dtype = value.dtype
+        if dtype.kind not in _NUMPY_KINDS or not _NUMPY_DTYPE_RE.match(dtype.str):
+            raise UnencodableValue(f"memollm cannot store a numpy value of dtype {dtype}")
+        return msgpack.ExtType(EXT_NUMPY, pack([dtype.str, value.tobytes()]))
+    for name, base in _SUBCLASS_BASES.items():  # restored as the subclass, like pickle does
         if isinstance(value, base) and not isinstance(value, bool):
-            return base(value)  # type: ignore[call-overload,arg-type]
+            _check_rebuildable(t, name)
+            return msgpack.ExtType(EXT_SUBCLASS, pack([_class_ref(t), name, _AS_BASE[name](value), _instance_dict(value)]))
     if hasattr(t, "model_fields") and hasattr(value, "model_dump"):
         state = _model_state(value)
         if state is not None:
@@ -161,6 +187,42 @@ def _encode_other(value: Any, pack: Any, allow_pickle: bool) -> Any:
     )
 
 
+_rebuildable: "weakref.WeakKeyDictionary[type, bool]" = weakref.WeakKeyDictionary()
+_HEAPTYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: a class defined by a class statement
+
+
+def _check_rebuildable(cls: type, name: str) -> None:
+    """Refuse (``UnencodableValue``) a subclass that the base type's ``__new__`` cannot make (a
+    subclass of ``OrderedDict`` or of a C type other than the base): stored, it would never be read."""
+    ok = _rebuildable.get(cls)
+    if ok is None:
+        base: Any = _SUBCLASS_BASES[name]
+        # Only classes written in Python between it and the base: a C type in between
+        # (OrderedDict, defaultdict) keeps state that the base's __new__ does not set up.
+        between = cls.__mro__[: cls.__mro__.index(base)]
+        ok = all(c.__flags__ & _HEAPTYPE for c in between)
+        if ok:
+            try:
+                base.__new__(cls) if name in ("dict", "list") else base.__new__(cls, base())
+            except Exception:
+                ok = False
+        _rebuildable[cls] = ok
+    if not ok:
+        raise UnencodableValue(f"memollm cannot store a {cls.__module__}.{cls.__qualname__}: it cannot be rebuilt from its {name} value")
+
+
+def _instance_dict(value: Any) -> Any:
+    """The attributes of a subclass instance beyond its base value (``None`` if none); a
+    subclass keeping attributes in ``__slots__`` cannot be restored faithfully."""
+    for cls in type(value).__mro__:
+        slots = cls.__dict__.get("__slots__", ())
+        for slot in (slots,) if isinstance(slots, str) else slots:
+            if slot not in ("__dict__", "__weakref__") and hasattr(value, slot):
+                raise UnencodableValue(f"memollm cannot store a {type(value).__qualname__}: it keeps attributes in __slots__")
+    state = getattr(value, "__dict__", None)
+    return dict(state) if state else None
+
+
 def _model_state(value: Any) -> Any:
     """What pickle keeps of a pydantic v2 model: ``[__dict__, extra, fields set, private]``.
 
@@ -179,7 +241,68 @@ def _model_state(value: Any) -> Any:
     # Fields and underscore attributes; not e.g. functools.cached_property values (recomputable).
     fields = getattr(type(value), "model_fields", {})
     state = {k: v for k, v in state.items() if k in fields or k.startswith("_")}
-    return [state, extra, sorted(fields_set), private]
+    # Fields the instance itself removed (litellm's Message deletes its unset optional ones):
+    # restored absent too, and the reader knows they are missing on purpose.
+    absent = sorted(name for name in fields if name not in state)
+    return [state, extra, sorted(fields_set), private, absent] if absent else [state, extra, sorted(fields_set), private]
+
+
+def _tag_bytearrays(value: Any) -> Any:
+    """``value`` with each ``bytearray`` in its dicts and lists tagged (msgpack would pack it as
+    ``bytes`` without asking ``default``); containers are copied only on the way to one. Levels
+    holding no container are passed over at C speed (``any(map(...))``)."""
+    t = type(value)
+    if t is bytearray:
+        return msgpack.ExtType(EXT_BYTEARRAY, bytes(value))
+    if t is dict:
+        if not any(map(_is_container, map(type, value.values()))):
+            return value
+        copy = None
+        for k, v in value.items():
+            if type(v) in _CONTAINERS:
+                tagged = _tag_bytearrays(v)
+                if tagged is not v:
+                    if copy is None:
+                        copy = dict(value)
+                    copy[k] = tagged
+        return value if copy is None else copy
+    if not any(map(_is_container, map(type, value))):
+        return value
+    items = None
+    for i, v in enumerate(value):
+        if type(v) in _CONTAINERS:
+            tagged = _tag_bytearrays(v)
+            if tagged is not v:
+                if items is None:
+                    items = list(value)
+                items[i] = tagged
+    return value if items is None else items
+
+
+_CONTAINERS = frozenset((dict, list, bytearray))
+_is_container = _CONTAINERS.__contains__
+
+
+def _holds_bytearray(value: Any) -> bool:
+    """Whether ``value`` is, or its dicts and lists hold, a ``bytearray``: level by level, each
+    level's items listed and typed in C (``gc.get_referents``), so the cost in Python bytecode
+    grows with the depth of the value, not with its size."""
+    level = [value]
+    for _ in range(_MAX_DEPTH):
+        if not level:
+            return False
+        types = set(map(type, level))
+        if bytearray in types:
+            return True
+        if dict not in types and list not in types:
+            return False
+        level = list(itertools.compress(level, map(_is_dict_or_list, map(type, level))))
+        level = gc.get_referents(*level)
+    return True  # deeper than msgpack packs anyway: let the walk decide
+
+
+_is_dict_or_list = frozenset((dict, list)).__contains__
+_MAX_DEPTH = 520  # (msgpack refuses values nested more than 512 deep)
 
 
 def _make_packer(allow_pickle: bool) -> Any:
@@ -188,7 +311,12 @@ def _make_packer(allow_pickle: bool) -> Any:
 
     def pack(value: Any) -> bytes:
         # A fresh Packer per call keeps this reentrant (default() packs nested values).
-        return msgpack.packb(value, default=default, use_bin_type=True, strict_types=True)
+        data: bytes = msgpack.packb(value, default=default, use_bin_type=True, strict_types=True)
+        # A bytearray is packed as bytes: tag it and pack again. Without a byte that could start
+        # a bin (0xc4-0xc6) anywhere in the output, there is none: the usual case, found in C.
+        if type(value) in _CONTAINERS and (b"\xc4" in data or b"\xc5" in data or b"\xc6" in data) and _holds_bytearray(value):
+            data = msgpack.packb(_tag_bytearrays(value), default=default, use_bin_type=True, strict_types=True)
+        return data
 
     return pack
 
@@ -318,10 +446,15 @@ def _decode_ext(code: int, data: bytes, how: Any) -> Any:
             base = getattr(sys.modules.get("pydantic"), "BaseModel", None)
             if base is None or not issubclass(cls, base):
                 raise UndecodableValue(f"{cls!r} is not a pydantic model")
-            state, extra, fields_set, private = fields
+            if not isinstance(fields, list) or len(fields) not in (4, 5):
+                raise UndecodableValue(f"malformed state of {cls!r}")
+            state, extra, fields_set, private = fields[:4]
+            absent = fields[4] if len(fields) == 5 else []
             model: Any = cls
             names = set(model.model_fields)
-            if not names.issubset(state) or any(not k.startswith("_") for k in state if k not in names):
+            if not isinstance(state, dict) or not isinstance(absent, list) or not set(absent).issubset(names):
+                raise UndecodableValue(f"the fields of {cls!r} changed since this entry was written")
+            if not (names - set(absent)).issubset(state) or any(not k.startswith("_") for k in state if k not in names):
                 raise UndecodableValue(f"the fields of {cls!r} changed since this entry was written")
             obj = model.__new__(model)
             # pydantic's own __setstate__ (what unpickling does), whatever the class overrides.
@@ -383,6 +516,12 @@ def _decode_ext(code: int, data: bytes, how: Any) -> Any:
         factory_ref, pairs = unpack(data)
         factory = None if factory_ref is None or how == _DISPLAY else resolve_ref(factory_ref)
         return collections.defaultdict(factory, _pairs(pairs))
+    if code == EXT_BYTEARRAY:
+        return bytearray(data)
+    if code == EXT_SUBCLASS:
+        return _decode_subclass(unpack(data), how)
+    if code == EXT_NUMPY:
+        return _decode_numpy(unpack(data), how)
     if code == EXT_PICKLE:
         if how == _DISPLAY:
             return Unresolved("pickle", f"{len(data)} bytes, not unpickled")
@@ -390,6 +529,58 @@ def _decode_ext(code: int, data: bytes, how: Any) -> Any:
             raise UndecodableValue("entry holds a pickled value; it is loaded only with cache_llm(allow_pickle=True)")
         return pickle.loads(data)
     raise UndecodableValue(f"unknown value tag {code}")
+
+
+def _decode_subclass(parts: Any, how: Any) -> Any:
+    """An instance of a subclass of a builtin, made as pickle makes it: the base type's
+    ``__new__`` and the instance's ``__dict__``; nothing the subclass defines is called."""
+    if not isinstance(parts, list) or len(parts) != 4 or parts[1] not in _SUBCLASS_BASES:
+        raise UndecodableValue("malformed subclass value")
+    ref, name, value, state = parts
+    base: Any = _SUBCLASS_BASES[name]
+    if type(value) is not base or not (state is None or isinstance(state, dict)):
+        raise UndecodableValue("malformed subclass value")
+    if how == _DISPLAY:
+        return value
+    cls = resolve_ref(ref)
+    if not issubclass(cls, base) or issubclass(cls, (enum.Enum, bool)):
+        raise UndecodableValue(f"{cls!r} is not a subclass of {name}")
+    try:
+        subclass: Any = cls
+        if base is dict:
+            obj: Any = dict.__new__(subclass)
+            dict.update(obj, value)
+        elif base is list:
+            obj = list.__new__(subclass)
+            list.extend(obj, value)
+        else:
+            obj = base.__new__(subclass, value)
+        if state:
+            obj.__dict__.update(state)
+    except Exception as exc:
+        raise UndecodableValue(f"cannot rebuild a {cls.__qualname__}: {exc}") from exc
+    return obj
+
+
+def _decode_numpy(parts: Any, how: Any) -> Any:
+    """A numpy scalar from its dtype and bytes (numpy must already be imported)."""
+    if not isinstance(parts, list) or len(parts) != 2 or not isinstance(parts[0], str) or not isinstance(parts[1], bytes):
+        raise UndecodableValue("malformed numpy value")
+    dtype_str, raw = parts
+    if not _NUMPY_DTYPE_RE.match(dtype_str):
+        raise UndecodableValue(f"unsupported numpy dtype {dtype_str!r}")
+    numpy = sys.modules.get("numpy")
+    if numpy is None:
+        if how == _DISPLAY:
+            return Unresolved(f"numpy scalar {dtype_str}", raw.hex())
+        raise UndecodableValue("the entry holds a numpy value, and numpy is not imported in this program")
+    try:
+        dtype = numpy.dtype(dtype_str)
+        if dtype.kind not in _NUMPY_KINDS or dtype.hasobject or dtype.itemsize != len(raw):
+            raise ValueError(f"dtype {dtype_str} does not match {len(raw)} bytes")
+        return numpy.frombuffer(raw, dtype=dtype, count=1)[0]
+    except Exception as exc:
+        raise UndecodableValue(f"malformed numpy value: {exc}") from exc
 
 
 def _pairs(items: Any) -> list[tuple[Any, Any]]:

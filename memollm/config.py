@@ -25,9 +25,12 @@ _cache_dir_override: contextvars.ContextVar[Optional[str]] = contextvars.Context
 @contextlib.contextmanager
 def use_cache_dir(path: "str | os.PathLike[str]") -> Iterator[str]:
     """Send every disk-store call in this block to ``path`` (the pytest marker uses this)."""
-    token = _cache_dir_override.set(os.fspath(path))
+    checked = parse_cache_dir(path, "use_cache_dir")
+    if checked is None:
+        raise TypeError("use_cache_dir(path) needs a directory path, not None")
+    token = _cache_dir_override.set(checked)
     try:
-        yield os.fspath(path)
+        yield checked
     finally:
         _cache_dir_override.reset(token)
 
@@ -110,6 +113,21 @@ def secret_bytes(secret: Any, owner: str = "cache_llm") -> Optional[bytes]:
     if not secret:
         raise ValueError(f"{owner}(secret={secret!r}) is empty, which would sign nothing; pass a non-empty key, or secret=None for unsigned entries")
     return secret.encode("utf-8") if isinstance(secret, str) else secret
+
+
+def parse_cache_dir(cache_dir: Any, owner: str = "cache_llm") -> Optional[str]:
+    """A ``cache_dir=`` option as a path, ``None`` for the default; an empty path is an error
+    (it would silently mean the default dir, or the current one)."""
+    if cache_dir is None:
+        return None
+    if not isinstance(cache_dir, (str, os.PathLike)):
+        raise TypeError(f"{owner}(cache_dir=...) must be a path (str or os.PathLike), not {type(cache_dir).__name__}")
+    path = os.fspath(cache_dir)
+    if not isinstance(path, str):
+        raise TypeError(f"{owner}(cache_dir=...) must be a str path, not {type(path).__name__}")
+    if not path:
+        raise ValueError(f"{owner}(cache_dir='') is empty; pass a directory path, or leave cache_dir out for the default ($MEMOLLM_CACHE_DIR)")
+    return path
 
 
 _disk_stores: dict[str, DiskStore] = {}

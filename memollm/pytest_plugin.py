@@ -188,6 +188,8 @@ def _marker_options(item: pytest.Item) -> dict[str, Any]:
 def _resolve_dir(item: pytest.Item, cache_dir: Any) -> str:
     if not isinstance(cache_dir, (str, os.PathLike)):
         raise TypeError(f"{item.nodeid}: @pytest.mark.memollm(cache_dir=...) must be a path, not {type(cache_dir).__name__}")
+    if not os.fspath(cache_dir):
+        raise ValueError(f"{item.nodeid}: @pytest.mark.memollm(cache_dir={os.fspath(cache_dir)!r}) is empty; pass a directory, or leave cache_dir out")
     path = os.path.expanduser(os.fspath(cache_dir))
     if not os.path.isabs(path):
         path = os.path.join(os.path.dirname(str(item.path)), path)

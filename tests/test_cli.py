@@ -367,7 +367,35 @@ def test_stats_prefers_counters_persisted_by_the_store(capsys):
     assert (stats.entries, stats.bytes, stats.hits, stats.misses, stats.seconds_saved, stats.tokens_saved) == (1, 100, 5, 2, 3.5, 40)
 
 
-def _fill(store_dir: str, count: int, expired_every: int = 0) -> None:
+def test_cleared_functions_leave_stats(cache):
+    complete, short = cache["complete"], cache["short"]
+    for _ in range(3):
+        complete("hello")  # hits, counted in the index by the usage log
+    memollm.stores.usage._flush_all()
+    before = json.loads(run_cli("stats", "--cache-dir", cache["dir"], "--json").stdout)["functions"]
+    (name,) = [n for n in before if n.endswith(".complete")]
+    assert before[name]["hits"] >= 3
+    result = run_cli("clear", "--cache-dir", cache["dir"], "--function", "short", "--yes")
+    assert result.returncode == 0, result.stderr
+    functions = json.loads(run_cli("stats", "--cache-dir", cache["dir"], "--json").stdout)["functions"]
+    assert not [name for name in functions if name.endswith(".short")]
+    assert functions[name]["hits"] >= 3, "other functions keep their counters"
+    result = run_cli("clear", "--cache-dir", cache["dir"], "--yes")
+    assert result.returncode == 0, result.stderr
+    after = json.loads(run_cli("stats", "--cache-dir", cache["dir"], "--json").stdout)
+    assert after["functions"] == {} and after["entries"] == 0 and after["hits"] == 0, after
+    text = run_cli("stats", "--cache-dir", cache["dir"]).stdout
+    assert "complete" not in text and "no entries" in text
+    # In the process that made the calls: its buffered counters go too, and new calls count afresh.
+    complete.cache_clear()
+    assert complete("again") == {"text": "AGAIN", "usage": {"total_tokens": 7}}
+    assert short("x") == ("tuple", 1)
+    memollm.stores.usage._flush_all()
+    functions = json.loads(run_cli("stats", "--cache-dir", cache["dir"], "--json").stdout)["functions"]
+    assert functions[name]["misses"] == 1 and functions[name]["hits"] == 0
+
+
+def _fill(store_dir: str, count: int, expired_every: int = 0, padding: int = 0) -> None:
     """``count`` entries of ``app.f`` (every ``expired_every``-th one already expired)."""
     from memollm.entry import encode_value
 
@@ -376,19 +404,20 @@ def _fill(store_dir: str, count: int, expired_every: int = 0) -> None:
     for i in range(count):
         expires = now - 1 if expired_every and i % expired_every == 0 else None
         meta = EntryMeta("app.f", f"{i:032x}", now - count + i, expires, duration=0.1, tokens=2)
-        store.set(meta, encode_value(meta, {"text": f"answer {i}"}))
+        store.set(meta, encode_value(meta, {"text": f"answer {i}" + "." * padding}))
     store.close()
 
 
 @pytest.mark.parametrize("with_bar", [False, True])
 def test_prune_max_size_counts_expired_and_evicted_apart(tmp_path, capsys, monkeypatch, with_bar):
     d = str(tmp_path / "cache")
-    _fill(d, 10, expired_every=5)  # entries 0 and 5 are expired
+    _fill(d, 10, expired_every=5, padding=200_000)  # entries 0 and 5 are expired
     size = DiskStore(d).index.totals()[0] // 10
+    bound = size * 5 + size // 2 + DiskStore(d).index.file_bytes()  # the bound covers the index too
     if with_bar:  # on a terminal the CLI deletes entry by entry behind a bar: same counts
         monkeypatch.setattr(cli.ui, "PROGRESS_MIN", 2)
         monkeypatch.setattr(sys, "stderr", _Terminal())
-    code, out, err = call(capsys, "prune", "--cache-dir", d, "--max-size", str(size * 5 + size // 2), "--json")
+    code, out, err = call(capsys, "prune", "--cache-dir", d, "--max-size", str(bound), "--json")
     assert code == 0, err
     report = json.loads(out)
     assert (report["expired"], report["evicted"], report["entries"]) == (2, 3, 5)
@@ -397,8 +426,8 @@ def test_prune_max_size_counts_expired_and_evicted_apart(tmp_path, capsys, monke
     if with_bar:
         assert "pruning" in sys.stderr.getvalue() and "5/5" in sys.stderr.getvalue()
 
-    _fill(d, 10, expired_every=5)
-    code, out, _ = call(capsys, "prune", "--cache-dir", d, "--max-size", str(size * 5 + size // 2))
+    _fill(d, 10, expired_every=5, padding=200_000)
+    code, out, _ = call(capsys, "prune", "--cache-dir", d, "--max-size", str(bound))
     assert code == 0 and "2 expired entries, 3 evicted for size" in out
 
 

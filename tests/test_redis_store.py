@@ -526,3 +526,70 @@ def test_urls_locations_and_options():
     assert store.namespace == "proj" and store.location == "redis://cache.example:6379/0?namespace=proj"
     assert RedisStore("redis://cache.example/0", prefix="p2").namespace == "p2"
     assert RedisStore(redis.Redis(host="cache.example", port=7000, db=3)).location == "redis://cache.example:7000/3"
+
+
+@pytest.fixture
+def password_server(tmp_path):
+    if MISSING:
+        pytest.fail(f"{MISSING} is missing, and CI=true: the Redis tests must run in CI (.ci/run installs redis-server)")
+    with RedisServer(tmp_path, "--requirepass", "right-password") as running:
+        yield running
+
+
+def _cache_warnings(caught):
+    return [str(w.message) for w in caught if issubclass(w.category, CacheWarning)]
+
+
+@pytest.mark.parametrize("password", ["wrong-password", None])
+def test_a_refused_password_is_reported_as_such(password_server, password):
+    auth = f":{password}@" if password else ""
+    url = f"redis://{auth}127.0.0.1:{password_server.port}/0"
+    calls = []
+
+    @cache_llm(store=url)
+    def ask(prompt):
+        calls.append(prompt)
+        return f"answer {prompt}"
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert [ask(1), ask(1)] == ["answer 1", "answer 1"]
+        ask.cache_info(), ask.invalidate(1), ask.cache_clear()  # the same problem: not reported again
+    assert len(calls) == 2
+    problems = _cache_warnings(caught)
+    assert len(problems) == 1, problems
+    assert "refused the credentials" in problems[0] and "unreachable" not in problems[0]
+    assert "wrong-password" not in problems[0] and "right-password" not in problems[0]
+
+    @cache_llm(store="redis://:right-password@127.0.0.1:%d/0" % password_server.port)
+    def ask_right(prompt):
+        calls.append(prompt)
+        return f"answer {prompt}"
+
+    assert [ask_right(2), ask_right(2)] == ["answer 2", "answer 2"]
+    assert calls == [1, 1, 2]
+
+
+def test_credentials_refused_after_unreachable_is_reported_too(tmp_path, monkeypatch):
+    import redis_server
+
+    port = free_port()
+    store = RedisStore(f"redis://:wrong-password@127.0.0.1:{port}/0", backoff=0.05)
+
+    @cache_llm(store=store)
+    def ask(prompt):
+        return f"answer {prompt}"
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert ask(1) == "answer 1"  # nothing listens on the port yet
+        monkeypatch.setattr(redis_server, "free_port", lambda: port)
+        with RedisServer(tmp_path, "--requirepass", "right-password"):
+            time.sleep(0.1)  # past the back-off
+            assert ask(1) == "answer 1"
+            time.sleep(0.1)
+            assert ask(1) == "answer 1"
+    problems = _cache_warnings(caught)
+    assert len(problems) == 2, problems
+    assert "unreachable" in problems[0]
+    assert "refused the credentials" in problems[1]

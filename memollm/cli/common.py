@@ -139,6 +139,8 @@ class CacheDir:
     @classmethod
     def open(cls, cache_dir: Optional[str]) -> "CacheDir":
         """Open an existing cache dir; a missing one is an error (never created here)."""
+        if cache_dir is not None and not cache_dir:
+            raise CliError("--cache-dir is empty; pass a directory, or leave it out for the default (MEMOLLM_CACHE_DIR, else ~/.cache/memollm)")
         path = os.path.abspath(os.path.expanduser(cache_dir or default_cache_dir()))
         if not os.path.exists(path):
             raise CliError(f"no cache dir at {path} (nothing was cached there; pass --cache-dir DIR or set MEMOLLM_CACHE_DIR)")
@@ -225,7 +227,7 @@ class CacheDir:
         assert self.store is not None
         data = self.store.get(row.function, row.key)
         if data is None:
-            raise CliError(f"entry {row.key} is listed but its file is gone (run `memollm prune`)")
+            raise CliError(f"entry {row.key} is listed but its file is gone or is not a regular file (run `memollm prune`)")
         return data
 
 

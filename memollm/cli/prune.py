@@ -47,14 +47,15 @@ def configured_limit(cache: CacheDir, max_size: Optional[int]) -> Optional[int]:
     return int(limit) if limit else None
 
 
-def doomed(rows: Sequence[Listed], limit: Optional[int], now: float) -> tuple[list[Listed], list[Listed]]:
+def doomed(rows: Sequence[Listed], limit: Optional[int], now: float, index_bytes: int = 0) -> tuple[list[Listed], list[Listed]]:
     """The entries a prune removes: the expired ones, then (least recently used first) those to
-    evict until what is left fits ``limit``: the order the store itself follows."""
+    evict until what is left, with the index's ``index_bytes``, fits ``limit``: the order the
+    store itself follows."""
     expired = [r for r in rows if r.meta.expired(now)]
     evicted: list[Listed] = []
     if limit:
         kept = [r for r in rows if not r.meta.expired(now)]
-        total = sum(r.meta.size for r in kept)
+        total = sum(r.meta.size for r in kept) + index_bytes
         for row in sorted(kept, key=lambda r: r.last_access if r.last_access is not None else r.meta.created):
             if total <= limit:
                 break
@@ -79,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     with CacheDir.open(args.cache_dir) as cache:
         if cache.store is not None:
             if wants_progress(cache.store.count()):  # worth listing what will go, to show a bar
-                expired, evicted = doomed(cache.rows(), configured_limit(cache, args.max_size), now)
+                expired, evicted = doomed(cache.rows(), configured_limit(cache, args.max_size), now, cache.store.index.file_bytes())
                 if wants_progress(len(expired) + len(evicted)):
                     with Progress("pruning", len(expired) + len(evicted)) as progress:
                         delete_each(cache, expired, progress, True, report)
@@ -99,5 +100,7 @@ def run(args: argparse.Namespace) -> int:
     parts.append(plural(report.leftovers, "leftover", "leftovers"))
     if report.stale_rows:
         parts.append(plural(report.stale_rows, "stale index row", "stale index rows"))
+    if report.not_files:
+        parts.append(plural(report.not_files, "entry path holding no regular file", "entry paths holding no regular file"))
     out.print(f"pruned {', '.join(parts)} from {cache.path}, freed {human_size(report.bytes)}", markup=False)
     return EXIT_OK

@@ -115,7 +115,7 @@ def _history(cache: CacheDir) -> list[dict[str, Any]]:
 def _call(cache: CacheDir, row: Listed) -> Call:
     data = cache.store.get(row.function, row.key) if cache.store is not None else None
     if data is None:
-        return Call(row, None, None, error="its file is gone (run `memollm prune`)")
+        return Call(row, None, None, error="its file is gone or is not a regular file (run `memollm prune`)")
     try:
         shown = read_entry(data)
     except UnreadableEntry as exc:

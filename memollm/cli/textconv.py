@@ -17,6 +17,7 @@ from typing import Any, Optional
 import xxhash
 
 from ..entry import Stream
+from ..stores.backend import NotAnEntryFile, read_item_file
 from .common import EXIT_OK, CliError
 from .entries import Shown, UnreadableEntry, read_entry, readable
 from .ui import to_jsonable, type_name
@@ -91,10 +92,15 @@ def render(shown: Shown) -> str:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        with open(args.file, "rb") as f:
-            data = f.read()
+        found = read_item_file(args.file)  # never a FIFO's wait, a link to /dev/zero or a huge file
+    except NotAnEntryFile as exc:
+        sys.stdout.write(f"not a memollm entry file: {args.file} is {exc.strerror}\n")
+        return EXIT_OK
     except OSError as exc:
         raise CliError(f"cannot read {args.file}: {exc.strerror or exc}") from None
+    if found is None:
+        raise CliError(f"cannot read {args.file}: no such file")
+    data = found[0]
     if not data:  # git hands over an empty file for a side that does not exist
         return EXIT_OK
     try:

@@ -504,7 +504,7 @@ def report(store: Store, problem: str, message: str, exc: BaseException) -> None
     """Report a store failure once; an unreachable store (Redis down) or a dir that became untrusted
     is one problem, whatever failed."""
     if isinstance(exc, ConnectionError):
-        problem = "unavailable"
+        problem = getattr(exc, "problem", "unavailable")  # e.g. Redis refusing credentials: its own warning
     elif isinstance(exc, UntrustedCacheDir):
         problem = "untrusted"
     warn_once(store.location, problem, message)

@@ -16,6 +16,7 @@ import errno
 import os
 import re
 import shutil
+import stat
 from typing import Any, Iterator, Optional
 
 import xxhash
@@ -25,8 +26,101 @@ from joblib._store_backends import FileSystemStoreBackend, concurrency_safe_writ
 ITEM_FILENAME = "output.msgpack"
 WRITE_ATTEMPTS = 10  # each lost to a concurrent invalidate removing the entry's dir; many processes invalidating at once take several
 STAGING_DIRNAME = "tmp"  # beside joblib's location, in the cache dir
+ENTRY_READ_MAX = 2**30
+"""Bytes: a larger file at an entry path is not read (a sparse or runaway file would exhaust
+memory), and no larger entry is written."""
+# Never follow a symbolic link (to /dev/zero, say), never wait for a FIFO's writer.
+_READ_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
 _KEY_RE = re.compile(r"^[0-9a-f]{32}$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+class NotAnEntryFile(OSError):
+    """Something other than a regular file of bounded size at an entry path: a FIFO, a
+    symbolic link, a directory, a device. Never read; a miss, and ``prune`` removes it."""
+
+    def __init__(self, path: str, what: str, regular: bool = False) -> None:
+        super().__init__(errno.EINVAL, what if regular else f"{what}, not a regular file", path)
+        self.path = path
+        self.what = what
+
+
+def describe_file(mode: int) -> str:
+    """What a non-regular file is, for messages."""
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "a special file"
+
+
+def read_item_file(path: str, lstat: Optional[os.stat_result] = None, limit: int = ENTRY_READ_MAX) -> Optional[tuple[bytes, os.stat_result]]:
+    """The bytes of the regular file at ``path`` and its ``fstat``, or ``None`` if there is none.
+
+    Opened without following a symbolic link and without blocking, checked to be a regular
+    file, and read no further than its size (at most ``limit``): a FIFO, a link to /dev/zero or
+    a directory can neither hang nor exhaust memory (``NotAnEntryFile``). ``lstat``: the caller's
+    ``os.lstat`` of the path, when it has one (a non-regular file is then not even opened).
+    """
+    if lstat is not None and not stat.S_ISREG(lstat.st_mode):
+        raise NotAnEntryFile(path, describe_file(lstat.st_mode))
+    try:
+        fd = os.open(path, _READ_FLAGS)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EMLINK):  # O_NOFOLLOW met a symbolic link
+            raise NotAnEntryFile(path, "a symbolic link") from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotAnEntryFile(path, describe_file(st.st_mode))
+        if st.st_size > limit:
+            raise NotAnEntryFile(path, f"a file of {st.st_size} bytes, larger than any entry ({limit} bytes)", regular=True)
+        data = os.read(fd, st.st_size)
+        if len(data) < st.st_size:  # (a short read: rare, for a regular file)
+            parts = [data]
+            got = len(data)
+            while got < st.st_size:
+                part = os.read(fd, st.st_size - got)
+                if not part:
+                    break  # truncated under us: shorter bytes fail their checksum
+                parts.append(part)
+                got += len(part)
+            data = b"".join(parts)
+        return data, st
+    finally:
+        os.close(fd)
+
+
+def is_entry_file(path: str) -> Optional[bool]:
+    """``True``: a regular file (a link is not followed) of at most ``ENTRY_READ_MAX`` bytes;
+    ``False``: something else, never read; ``None``: nothing there."""
+    try:
+        st = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return stat.S_ISREG(st.st_mode) and st.st_size <= ENTRY_READ_MAX
+
+
+def remove_any(path: str) -> bool:
+    """Remove whatever is at ``path`` (a file, a link itself, a FIFO, a directory tree); whether
+    something was removed."""
+    try:
+        if stat.S_ISDIR(os.lstat(path).st_mode):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    return True
 
 
 def function_dirname(function: str) -> str:
@@ -81,10 +175,17 @@ class MsgpackStoreBackend(FileSystemStoreBackend):
 
     def dump_item(self, call_id: tuple[str, ...], item: bytes, verbose: int = 0) -> None:  # type: ignore[override]
         """Write ``item`` atomically; raises ``OSError`` on failure (the caller reports it)."""
+        if len(item) > ENTRY_READ_MAX:
+            raise ValueError(f"an entry of {len(item)} bytes is larger than memollm stores ({ENTRY_READ_MAX} bytes)")
         item_dir = os.path.join(self.location, *call_id)
         staging = self.staging
         for attempt in range(WRITE_ATTEMPTS):  # a concurrent delete or prune may remove a directory under us
-            make_private_dirs(item_dir)
+            try:
+                make_private_dirs(item_dir)
+            except (FileExistsError, NotADirectoryError):  # a file where a directory belongs: repair
+                if attempt == WRITE_ATTEMPTS - 1 or not self._clear_non_dirs(item_dir):
+                    raise
+                continue
             make_private_dirs(staging)
             try:
                 temporary = concurrency_safe_write(item, os.path.join(staging, call_id[-1]), _write_new_file)
@@ -97,15 +198,37 @@ class MsgpackStoreBackend(FileSystemStoreBackend):
             except FileNotFoundError:
                 if attempt == WRITE_ATTEMPTS - 1:
                     raise
+            except IsADirectoryError:  # a directory at the entry path: never readable, so replace it
+                if attempt == WRITE_ATTEMPTS - 1:
+                    raise
+                shutil.rmtree(os.path.join(item_dir, ITEM_FILENAME), ignore_errors=True)
             except OSError as exc:  # the entries on another file system than the cache dir
                 if exc.errno != errno.EXDEV:
                     raise
                 staging = item_dir
 
+    def _clear_non_dirs(self, item_dir: str) -> bool:
+        """Remove what is not a directory on the way from the location to ``item_dir``."""
+        relative = os.path.relpath(item_dir, self.location).split(os.sep)
+        path = self.location
+        for part in relative:
+            path = os.path.join(path, part)
+            try:
+                mode = os.lstat(path).st_mode
+            except FileNotFoundError:
+                return True
+            if not stat.S_ISDIR(mode):
+                os.unlink(path)
+                return True
+        return False
+
     def load_item(self, call_id: tuple[str, ...], verbose: int = 0, timestamp: Any = None, metadata: Any = None) -> bytes:  # type: ignore[override]
-        """Raw bytes of an item; ``FileNotFoundError`` if absent."""
-        with open(os.path.join(self.location, *call_id, ITEM_FILENAME), "rb") as f:
-            return f.read()
+        """Raw bytes of an item; ``FileNotFoundError`` if absent, ``NotAnEntryFile`` if not a regular file."""
+        path = os.path.join(self.location, *call_id, ITEM_FILENAME)
+        found = read_item_file(path)
+        if found is None:
+            raise FileNotFoundError(errno.ENOENT, "no such entry", path)
+        return found[0]
 
     def contains_item(self, call_id: tuple[str, ...]) -> bool:
         return os.path.exists(self.item_path(call_id))
@@ -128,7 +251,10 @@ class MsgpackStoreBackend(FileSystemStoreBackend):
         """Paths of every stored item file (of one function if given)."""
         roots = [os.path.join(self.location, function_dirname(function))] if function else [self.location]
         for root in roots:
-            for dirpath, _dirs, files in os.walk(root):
+            for dirpath, dirs, files in os.walk(root):
+                if ITEM_FILENAME in dirs:  # a directory at an entry path: listed, never entered
+                    dirs.remove(ITEM_FILENAME)
+                    files.append(ITEM_FILENAME)
                 if ITEM_FILENAME in files and _KEY_RE.match(os.path.basename(dirpath)):
                     yield os.path.join(dirpath, ITEM_FILENAME)
 

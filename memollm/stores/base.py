@@ -17,6 +17,7 @@ class PruneReport:
     bytes: int = 0
     leftovers: int = 0  #: temporary files of interrupted writes
     stale_rows: int = 0  #: index rows whose entry file was gone
+    not_files: int = 0  #: FIFOs, links, directories... found at entry paths and removed
     expired: int = 0  #: entries removed because they had expired
     evicted: int = 0  #: least recently used entries evicted to respect max_size
 
@@ -31,7 +32,7 @@ class PruneReport:
 
     def add(self, other: "PruneReport") -> "PruneReport":
         """Add ``other``'s counts to this report; returns it."""
-        for name in ("entries", "bytes", "leftovers", "stale_rows", "expired", "evicted"):
+        for name in ("entries", "bytes", "leftovers", "stale_rows", "not_files", "expired", "evicted"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         return self
 

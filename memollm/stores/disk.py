@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import shutil
 import sqlite3
+import stat
 import time
 from typing import Any, Callable, Iterator, Optional, TypeVar
 
@@ -14,12 +16,23 @@ import joblib
 from ..entry import CorruptEntry, EntryMeta, read_meta
 from ..report import warn_once
 from ..trust import check_trusted
-from .backend import ITEM_FILENAME, STAGING_DIRNAME, call_id, function_dirname, make_private_dirs
+from .backend import (
+    ITEM_FILENAME,
+    STAGING_DIRNAME,
+    NotAnEntryFile,
+    call_id,
+    function_dirname,
+    is_entry_file,
+    make_private_dirs,
+    read_item_file,
+    remove_any,
+)
 from .base import PruneReport, Store
 from .index import INDEX_FILENAME, Index
 from .usage import UsageLog
 
 T = TypeVar("T")
+_KEY_RE = re.compile(r"^[0-9a-f]{32}$")
 LOCKS_DIRNAME = "locks"
 
 GITIGNORE = (
@@ -55,6 +68,8 @@ class DiskStore(Store):
     accepts_bytearray = True  # set() may be handed a recorded stream's buffer (written, never kept)
 
     def __init__(self, cache_dir: "str | os.PathLike[str]") -> None:
+        if not os.fspath(cache_dir):  # abspath("") would be the current directory
+            raise ValueError(f"DiskStore(cache_dir={os.fspath(cache_dir)!r}) is empty; pass a directory")
         self.location = os.path.abspath(os.path.expanduser(os.fspath(cache_dir)))
         make_private_dirs(self.location)
         self._write_gitignore()
@@ -64,6 +79,7 @@ class DiskStore(Store):
         self._index_checked = -1  # index generation known to be built
         self._index_paused_until = 0.0
         self._pending: set[tuple[str, str]] = set()  # (function, key) whose index row may be stale
+        self._strange: set[str] = set()  # entry paths found not to be regular files, not yet in the index
         self.usage = UsageLog(self.index)
         self.max_size: Optional[int] = None
         self._entries_root = self.backend.location
@@ -116,8 +132,10 @@ class DiskStore(Store):
         for function, key in pending:
             path = self.item_path(function, key)
             try:
-                with open(path, "rb") as f:
-                    meta, _ = read_meta(f.read())
+                found = read_item_file(path)
+                if found is None:
+                    raise FileNotFoundError(path)
+                meta, _ = read_meta(found[0])
             except (OSError, CorruptEntry):
                 self.index.remove_if_absent([(key, path)])
                 continue
@@ -158,6 +176,7 @@ class DiskStore(Store):
         paths = list(self.backend.iter_item_paths())
         metas = list(self._scan(paths=paths, progress=progress))
         self.index.put_many(metas)
+        self._record_strange()
         self.index.set_info("built", time.time())
         return len(metas)
 
@@ -169,8 +188,13 @@ class DiskStore(Store):
             if progress is not None and (done % 256 == 0 or done == len(paths)):
                 progress(done, len(paths))
             try:
-                with open(path, "rb") as f:
-                    meta, _ = read_meta(f.read())
+                found = read_item_file(path)
+                if found is None:
+                    continue
+                meta, _ = read_meta(found[0])
+            except NotAnEntryFile as exc:
+                self._note_strange(exc)
+                continue
             except (OSError, CorruptEntry):
                 continue
             if os.path.basename(os.path.dirname(path)) == meta.key and (function is None or meta.function == function):
@@ -187,7 +211,7 @@ class DiskStore(Store):
     def get(self, function: str, key: str) -> Optional[bytes]:
         path = self.item_path(function, key)
         try:
-            st = os.stat(path)
+            st = os.lstat(path)  # (a link is not followed: a new inode, so never a remembered entry)
         except (FileNotFoundError, NotADirectoryError):
             return None
         signature = (st.st_ino, st.st_size, st.st_mtime_ns)
@@ -198,13 +222,33 @@ class DiskStore(Store):
             return recent[1]
         self.check_trusted()
         try:
-            with open(path, "rb") as f:  # the backend's load_item, minus rebuilding the path
-                data = f.read()
-        except (FileNotFoundError, NotADirectoryError):
+            found = read_item_file(path, st)  # the backend's load_item, minus rebuilding the path
+        except NotAnEntryFile as exc:
+            self._note_strange(exc)
+            self._with_index(self._record_strange, lambda: None)
             return None
+        if found is None:
+            return None
+        data, st = found
         if len(data) == st.st_size and len(data) <= RECENT_ITEM_MAX:
-            self._remember(path, signature, data)
+            self._remember(path, (st.st_ino, st.st_size, st.st_mtime_ns), data)
         return data
+
+    def _note_strange(self, exc: NotAnEntryFile) -> None:
+        """Report a non-regular file at an entry path once, and remember it for ``prune``."""
+        warn_once(
+            self.location,
+            "not-a-file:" + exc.path,
+            f"memollm: the cache entry {exc.path} is {exc.strerror}; it is not read (a miss), the next write "
+            "replaces it and `memollm prune` removes it",
+        )
+        relative = os.path.relpath(exc.path, self.location)
+        if len(self._strange) < PENDING_MAX and not relative.startswith(os.pardir):
+            self._strange.add(relative)
+
+    def _record_strange(self) -> None:
+        strange, self._strange = self._strange, set()
+        self.index.note_strange(strange)
 
     def check_trusted(self) -> None:
         """Raise ``UntrustedCacheDir`` if the dir's owner or mode changed to untrusted since it was
@@ -227,13 +271,37 @@ class DiskStore(Store):
         if self.max_size is not None and len(data) > self.max_size:
             return  # it would evict everything else and still not fit
         self.check_trusted()
+        if self.max_size is not None and not self._with_index(lambda: self._make_room(len(data), meta.key), lambda: True):
+            return
         self.backend.dump_item(call_id(meta.function, meta.key), data)
         meta.size = len(data)
         self._with_index(lambda: self._index_and_evict(meta), lambda: self._note_pending(meta.function, meta.key))
 
+    def used_bytes(self) -> int:
+        """What the bound covers: the entries (from the index's running totals) and the index's
+        own files (its write-ahead log included). O(1): three ``stat`` calls."""
+        return self.index.totals()[0] + self.index.file_bytes()
+
+    def _make_room(self, incoming: int, key: str) -> bool:
+        """Evict before writing ``incoming`` bytes, so the dir never holds more than ``max_size``
+        even for a moment; false if the entry cannot fit at all (the index takes the room)."""
+        assert self.max_size is not None
+        if self.used_bytes() + incoming <= self.max_size:
+            return True
+        self.evict(self.max_size - incoming, keep=key)
+        if self.used_bytes() + incoming <= self.max_size:
+            return True
+        warn_once(
+            self.location,
+            "no-room",
+            f"memollm: max_size={self.max_size} bytes leaves no room for an entry of {incoming} bytes in "
+            f"{self.location} (its index takes {self.index.file_bytes()} bytes); results are returned but not cached",
+        )
+        return False
+
     def _index_and_evict(self, meta: EntryMeta) -> None:
         self.index.put_if_present(meta, lambda: _size_of(self.item_path(meta.function, meta.key)))
-        if self.max_size is not None and self.index.totals()[0] > self.max_size:
+        if self.max_size is not None and self.used_bytes() > self.max_size:  # (another process wrote meanwhile)
             self.evict(self.max_size, keep=meta.key)
 
     def configure(self, max_size: Optional[int]) -> None:
@@ -250,7 +318,7 @@ class DiskStore(Store):
         """
         report = PruneReport()
         self.usage.flush()  # recent hits count as recent use
-        total = self.index.totals()[0]
+        total = self.used_bytes()
         while total > max_size:
             rows = [r for r in self.index.least_recently_used(64) if r[0] != keep]
             if not rows:
@@ -262,6 +330,8 @@ class DiskStore(Store):
                 self.index.remove_if_absent([(key, self.item_path(function, key))])
                 total -= size
                 report.removed(size, expired=False)
+            self.index.truncate_log()  # the removals' log pages count too
+            total = self.used_bytes()
         return report
 
     def note_hit(self, meta: EntryMeta) -> None:
@@ -318,7 +388,10 @@ class DiskStore(Store):
         limit = max_size or self.max_size or self._with_index(lambda: self.index.get_info("max_size"), lambda: None)
         if limit:
             report.add(self._with_index(lambda: self.evict(int(limit)), PruneReport))
-        report.stale_rows += self._with_index(self._drop_orphan_rows, lambda: 0)
+        stale, not_files = self._with_index(self._drop_orphan_rows, lambda: (0, 0))
+        report.stale_rows += stale
+        report.not_files += not_files + self._with_index(self._remove_strange, lambda: 0)
+        self._with_index(self.index.truncate_log, lambda: None)
         for path in self.backend.iter_leftovers(now - LEFTOVER_AGE, now - DEAD_WRITER_AGE):
             try:
                 size = os.stat(path).st_size
@@ -329,17 +402,41 @@ class DiskStore(Store):
             report.bytes += size
         return report
 
-    def _drop_orphan_rows(self) -> int:
+    def _drop_orphan_rows(self) -> tuple[int, int]:
         """Remove index rows whose entry file is gone (a process killed between the two steps,
-        files deleted by hand). Each prune checks the next ``ORPHAN_CHECK_BATCH`` rows in key
-        order, wrapping around, so its cost does not grow with the cache."""
+        files deleted by hand), and what is not a regular file at an entry path (with its row).
+        Each prune checks the next ``ORPHAN_CHECK_BATCH`` rows in key order, wrapping around, so
+        its cost does not grow with the cache. Returns (stale rows, non-files removed)."""
         keys = self.index.keys_after(self.index.get_info("orphan_cursor") or "", ORPHAN_CHECK_BATCH)
-        rows = [(key, self.item_path(function, key)) for key, function in keys]
-        orphans = [(key, path) for key, path in rows if not os.path.exists(path)]
+        orphans, not_files = [], 0
+        for key, function in keys:
+            path = self.item_path(function, key)
+            regular = is_entry_file(path)
+            if regular:
+                continue
+            if regular is False and _KEY_RE.match(key) and _removed(path):
+                not_files += 1
+            orphans.append((key, path))
         if orphans:
             self.index.remove_if_absent(orphans)
         self.index.set_info("orphan_cursor", keys[-1][0] if len(keys) == ORPHAN_CHECK_BATCH else "")
-        return len(orphans)
+        return len(orphans) - not_files, not_files
+
+    def _remove_strange(self) -> int:
+        """Remove the non-regular files found at entry paths by reads and index rebuilds."""
+        self._record_strange()
+        done, removed = [], 0
+        for relative in self.index.strange(ORPHAN_CHECK_BATCH):
+            done.append(relative)
+            parts = relative.split(os.sep)
+            if os.path.isabs(relative) or os.pardir in parts or parts[-1] != ITEM_FILENAME or len(parts) < 3 or not _KEY_RE.match(parts[-2]):
+                continue  # not an entry path of this dir (the index is not trusted with paths)
+            path = os.path.join(self.location, relative)
+            if is_entry_file(path) is False and _removed(path):
+                removed += 1
+                self.index.remove_if_absent([(parts[-2], path)])
+        self.index.forget_strange(done)
+        return removed
 
     def lock_path(self, key: str) -> str:
         """The per-key lock file used for single flight across processes (``flight`` makes its directory)."""
@@ -347,6 +444,10 @@ class DiskStore(Store):
 
     def close(self) -> None:
         self.usage.flush()
+        try:
+            self.index.truncate_log()
+        except (sqlite3.Error, OSError):
+            pass
         self.index.close()
 
 
@@ -354,10 +455,10 @@ def _write_ours(path: str, text: str, replaceable: tuple[str, ...] = ()) -> None
     """Write ``text`` to ``path`` if it is missing, one of ``replaceable`` or an older version of
     ours (same first line); a file someone edited is left alone."""
     try:
-        with open(path, "rb") as f:
-            current: Optional[bytes] = f.read()
-    except OSError:
-        current = None
+        found = read_item_file(path, limit=2**16)
+    except OSError:  # a FIFO, a link, a huge file...: not ours, left alone
+        return
+    current = None if found is None else found[0]
     ours = text.encode()
     older = current is not None and current.startswith(ours[:20]) and current != ours
     if current is None or current in (r.encode() for r in replaceable) or older:
@@ -371,10 +472,25 @@ def _write_ours(path: str, text: str, replaceable: tuple[str, ...] = ()) -> None
 
 
 def _size_of(path: str) -> Optional[int]:
+    """The size of the regular file at ``path``; ``None`` if there is none (links not followed)."""
     try:
-        return os.stat(path).st_size
+        st = os.lstat(path)
     except OSError:
         return None
+    return st.st_size if stat.S_ISREG(st.st_mode) else None
+
+
+def _removed(path: str) -> bool:
+    """Remove a non-regular file at an entry path, and its entry dir if that is then empty."""
+    try:
+        removed = remove_any(path)
+    except OSError:
+        return False
+    try:
+        os.rmdir(os.path.dirname(path))
+    except OSError:
+        pass
+    return removed
 
 
 def _children(root: str) -> list[str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import stat
 import threading
 import time
 from typing import Any, Callable, Iterable, Iterator, Optional
@@ -16,6 +17,8 @@ from typing import Any, Callable, Iterable, Iterator, Optional
 from ..entry import EntryMeta
 
 INDEX_FILENAME = "index.sqlite3"
+WAL_CHECKPOINT_PAGES = 16  # the write-ahead log is copied into the index every 16 pages (64 KiB) ...
+WAL_SIZE_LIMIT = 64 * 2**10  # ... and cut back to 64 KiB when it restarts: it never keeps growing
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
@@ -46,6 +49,7 @@ END;
 CREATE TRIGGER IF NOT EXISTS entries_resized AFTER UPDATE OF size ON entries BEGIN
     UPDATE totals SET bytes = bytes - OLD.size + NEW.size WHERE id = 0;
 END;
+CREATE TABLE IF NOT EXISTS strange (path TEXT PRIMARY KEY) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS stats (
     function TEXT PRIMARY KEY,
     hits INTEGER NOT NULL DEFAULT 0,
@@ -95,16 +99,24 @@ class Index:
             if self._file_id() == self._local.file_id:
                 return conn
             self.close()
-        if not os.path.exists(self.path):
+        try:
+            mode: Optional[int] = os.lstat(self.path).st_mode
+        except FileNotFoundError:
+            mode = None
+        if mode is None:
             if not create:
                 raise FileNotFoundError(self.path)
             self._create()
+        elif not stat.S_ISREG(mode):  # a FIFO would hang SQLite's first read: moved aside like a corrupt index
+            raise sqlite3.DatabaseError(f"{self.path} is not a regular file (file is not a database)")
         conn = sqlite3.connect(self.path, timeout=5, isolation_level=None, check_same_thread=False)
         try:
             conn.execute("PRAGMA busy_timeout=5000")
             if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
                 conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
+            conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
             conn.executescript(_SCHEMA)
             _add_columns(conn)
         except BaseException:
@@ -155,6 +167,28 @@ class Index:
                 pass
         self._local.conn = self._local.closer = None
 
+    def file_bytes(self) -> int:
+        """Bytes of the index's files: the database, its write-ahead log and shared-memory file."""
+        total = 0
+        for suffix in ("", "-wal", "-shm"):
+            try:
+                total += os.lstat(self.path + suffix).st_size
+            except OSError:
+                pass
+        return total
+
+    def truncate_log(self) -> None:
+        """Copy the write-ahead log into the index and empty it, unless a reader (in any
+        process) still needs it: then nothing waits, and the next checkpoint does it."""
+        conn = self._connect(create=False)
+        conn.execute("PRAGMA busy_timeout=0")
+        try:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        except sqlite3.OperationalError:  # busy or locked: not worth waiting for
+            pass
+        finally:
+            conn.execute("PRAGMA busy_timeout=5000")
+
     def ensure_open(self) -> int:
         """Connect (or reconnect if the file was replaced); returns ``generation``."""
         self._connect()
@@ -187,10 +221,10 @@ class Index:
             conn.execute(_UPSERT, _row(meta))
 
     def remove_if_absent(self, keys_and_paths: Iterable[tuple[str, str]]) -> None:
-        """Drop the rows of keys whose entry file is gone (checked under the write lock)."""
+        """Drop the rows of keys whose entry file is gone, or is not a regular file (checked under the write lock)."""
         conn = self._connect()
         with _transaction(conn):
-            conn.executemany("DELETE FROM entries WHERE key = ?", [(k,) for k, path in keys_and_paths if not os.path.exists(path)])
+            conn.executemany("DELETE FROM entries WHERE key = ?", [(k,) for k, path in keys_and_paths if not _is_file(path)])
 
     def keys_after(self, start: str, limit: int) -> list[tuple[str, str]]:
         """Up to ``limit`` (key, function) rows with keys after ``start``, in key order."""
@@ -246,6 +280,26 @@ class Index:
         )
         return [tuple(r) for r in cur]  # type: ignore[misc]
 
+    # -- entry paths holding something other than a regular file ---------------------------
+
+    def note_strange(self, paths: Iterable[str]) -> None:
+        """Remember entry paths (relative to the cache dir) found not to be regular files, for ``prune``."""
+        rows = [(p,) for p in paths]
+        if rows:
+            conn = self._connect()
+            with _transaction(conn):
+                conn.executemany("INSERT OR IGNORE INTO strange (path) VALUES (?)", rows)
+
+    def strange(self, limit: int) -> list[str]:
+        return [row[0] for row in self.execute("SELECT path FROM strange LIMIT ?", (limit,))]
+
+    def forget_strange(self, paths: Iterable[str]) -> None:
+        rows = [(p,) for p in paths]
+        if rows:
+            conn = self._connect()
+            with _transaction(conn):
+                conn.executemany("DELETE FROM strange WHERE path = ?", rows)
+
     # -- bookkeeping ----------------------------------------------------------------------
 
     def get_info(self, name: str) -> Any:
@@ -291,6 +345,13 @@ class _Closer:
                 self.conn.close()
             except Exception:
                 pass
+
+
+def _is_file(path: str) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _row(m: EntryMeta) -> tuple[Any, ...]:

@@ -87,11 +87,27 @@ return 0
 class RedisUnavailable(ConnectionError):
     """Redis did not answer (or did recently, and the store is backing off)."""
 
+    problem = "unavailable"  # the kind of failure: warnings are de-duplicated per kind
+
+
+class RedisCredentialsRefused(RedisUnavailable):
+    """Redis answered but refused the credentials (a wrong or missing password, an ACL user
+    without the permissions memollm needs)."""
+
+    problem = "credentials"
+
 
 def _unavailable_errors() -> tuple[type[BaseException], ...]:
     if redis is None:  # pragma: no cover
         return (OSError,)
-    return (redis.ConnectionError, redis.TimeoutError, OSError)
+    return (redis.ConnectionError, redis.TimeoutError, OSError, *_refused_errors())
+
+
+def _refused_errors() -> tuple[type[BaseException], ...]:
+    if redis is None:  # pragma: no cover
+        return ()
+    exceptions = redis.exceptions
+    return (redis.AuthenticationError, exceptions.AuthorizationError, exceptions.NoPermissionError)
 
 
 class RedisStore(Store):
@@ -152,6 +168,7 @@ class RedisStore(Store):
         self.local: Optional[Store] = tiered.as_local_store(local)
         self._down_until = 0.0
         self._down_reason = ""
+        self._down_refused = False
         self._set_script = self.client.register_script(_SET_SCRIPT)
         self._release_script = self.client.register_script(_RELEASE_SCRIPT)
         self._extend_script = self.client.register_script(_EXTEND_SCRIPT)
@@ -193,24 +210,34 @@ class RedisStore(Store):
         """Run a Redis operation; after a connection failure, fail at once for ``backoff`` seconds."""
         if self._down_until:
             if time.monotonic() < self._down_until:
-                raise RedisUnavailable(f"Redis at {self.location} is unreachable ({self._down_reason}); retrying later")
+                raise self._unavailable("; retrying later")
         try:
             result = op()
         except _unavailable_errors() as exc:
             self._down_reason = str(exc) or type(exc).__name__
+            self._down_refused = isinstance(exc, _refused_errors())
             self._down_until = time.monotonic() + self.backoff
-            raise RedisUnavailable(f"Redis at {self.location} is unreachable ({self._down_reason})") from exc
+            raise self._unavailable("") from exc
         if self._down_until:
             self._down_until = 0.0
             logger.info("memollm: Redis at %s is reachable again", self.location)
         return result
 
-    def _report(self, exc: BaseException) -> None:
+    def _unavailable(self, then: str) -> RedisUnavailable:
+        """The error of the last failure: credentials refused, or unreachable."""
+        if self._down_refused:
+            return RedisCredentialsRefused(
+                f"Redis at {self.location} refused the credentials ({self._down_reason}); check the user name and "
+                f"password (redis://USER:PASSWORD@host:port/db, or those of the redis.Redis client){then}"
+            )
+        return RedisUnavailable(f"Redis at {self.location} is unreachable ({self._down_reason}){then}")
+
+    def _report(self, exc: RedisUnavailable) -> None:
+        hint = "" if exc.problem == "credentials" else " (connect/read timeouts: pass socket_timeout=, connect_timeout= to RedisStore)"
         warn_once(
             self.location,
-            "unavailable",
-            f"memollm: {exc}; calls go to the provider uncached, and memollm tries Redis again "
-            f"every {self.backoff:g} s (connect/read timeouts: pass socket_timeout=, connect_timeout= to RedisStore)",
+            exc.problem,
+            f"memollm: {exc}; calls go to the provider uncached, and memollm tries Redis again every {self.backoff:g} s{hint}",
         )
 
     @property

@@ -27,6 +27,8 @@ def as_local_store(local: Union[str, "os.PathLike[str]", Store, None]) -> Option
     if isinstance(local, (str, os.PathLike)):
         from ..config import disk_store
 
+        if not os.fspath(local):
+            raise ValueError("local='' is empty; pass the local tier's cache dir, or leave local out for none")
         return disk_store(os.path.abspath(os.path.expanduser(os.fspath(local))))
     raise TypeError(f"local= must be a cache dir or a memollm Store, not {type(local).__name__}")
 
