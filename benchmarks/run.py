@@ -25,7 +25,7 @@ if ROOT not in sys.path:
 
 from benchmarks import common  # noqa: E402
 
-SECTIONS = ["hit", "key", "miss", "streams", "savings", "scale"]  # scale last: its heavy disk I/O would disturb the others
+SECTIONS = ["hit", "observe", "key", "miss", "streams", "savings", "scale"]  # scale last: its heavy disk I/O would disturb the others
 DEFAULT_OUT = os.path.join(ROOT, "benchmarks", "results")
 
 

@@ -7,6 +7,7 @@ cache (streams included), with modes for deterministic, offline test runs.
 from .decorator import CachedFunction, cache_llm
 from .errors import CacheMiss, CacheWarning, UncacheableValueWarning
 from .modes import Mode, cache_mode
+from .observers import CallRecord, observe
 from .stats import CacheInfo
 
 __version__ = "0.1.0"
@@ -16,9 +17,11 @@ __all__ = [
     "CacheMiss",
     "CacheWarning",
     "CachedFunction",
+    "CallRecord",
     "Mode",
     "UncacheableValueWarning",
     "cache_llm",
     "cache_mode",
+    "observe",
     "__version__",
 ]

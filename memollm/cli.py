@@ -24,10 +24,11 @@ import uuid
 import warnings
 from typing import Any, Callable, Iterable, Optional, Sequence, TextIO
 
-from . import __version__
+from . import __version__, prices
 from .codec import UndecodableValue, Unresolved
 from .config import default_cache_dir, parse_size, secret_bytes
 from .entry import CorruptEntry, EntryMeta, Stream, decode_body, read_meta
+from .stats import Usage
 from .stores.backend import STAGING_DIRNAME
 from .stores.base import PruneReport
 from .stores.disk import DiskStore
@@ -92,6 +93,7 @@ class FunctionStats:
     tokens_saved: int = 0
     recorded_seconds: float = 0.0  # original call time of the stored entries
     recorded_tokens: int = 0
+    dollars_saved: Optional[float] = None  # the hits' usage at today's prices; None without a price table
 
     def add(self, row: Listed) -> None:
         m = row.meta
@@ -119,6 +121,17 @@ def persisted_counters(store: DiskStore) -> dict[str, dict[str, Any]]:
     except Exception:  # usage figures are best effort, like the counters themselves
         return {}
     return {str(row["function"]): dict(row) for row in rows if isinstance(row, dict) and "function" in row}
+
+
+def persisted_usage(store: DiskStore) -> dict[str, dict[Usage, int]]:
+    """Persisted hits per function and token usage (``store.usage.saved()``), like ``persisted_counters``."""
+    saved = getattr(getattr(store, "usage", None), "saved", None)
+    if not callable(saved):
+        return {}
+    try:
+        return dict(saved())
+    except Exception:  # usage figures are best effort
+        return {}
 
 
 class CacheDir:
@@ -173,14 +186,23 @@ class CacheDir:
 
     def stats(self, rows: Iterable[Listed]) -> list[FunctionStats]:
         per: dict[str, FunctionStats] = {}
+        saved: dict[str, dict[Usage, int]] = {}  # function -> hits per token usage, priced below
         for row in rows:
             per.setdefault(row.function, FunctionStats(row.function)).add(row)
+            usage = row.meta.usage
+            if row.hits and usage is not None:
+                mine = saved.setdefault(row.function, {})
+                mine[usage] = mine.get(usage, 0) + row.hits
         if self.store is not None:
+            persisted_saved = persisted_usage(self.store)
             for function, counters in persisted_counters(self.store).items():
                 stats = per.setdefault(function, FunctionStats(function))
                 for name in ("hits", "misses", "seconds_saved", "tokens_saved"):
                     if counters.get(name) is not None:
                         setattr(stats, name, counters[name])
+                saved[function] = persisted_saved.get(function, {})
+        for function, stats in per.items():
+            stats.dollars_saved = prices.total(saved.get(function, {}))
         return [per[name] for name in sorted(per)]
 
     def find(self, key: str) -> Listed:
@@ -215,6 +237,13 @@ def _filter(rows: list[Listed], function: Optional[str]) -> list[Listed]:
 
 # ---------------------------------------------------------------------------------------------
 # Output helpers
+
+
+def human_dollars(dollars: Optional[float]) -> str:
+    """US dollars for a table: cents below a dollar are worth showing; ``-`` when not priced."""
+    if dollars is None:
+        return "-"
+    return f"${dollars:,.2f}" if dollars >= 1 else f"${dollars:.4f}"
 
 
 def human_size(n: float) -> str:
@@ -394,27 +423,34 @@ def cmd_stats(args: argparse.Namespace) -> int:
             setattr(total, name, getattr(total, name) + getattr(s, name))
         if total.misses is not None:
             total.misses += s.misses or 0
+        if s.dollars_saved is not None:
+            total.dollars_saved = (total.dollars_saved or 0.0) + s.dollars_saved
     out = sys.stdout
     if args.json:
         summary = {k: v for k, v in dataclasses.asdict(total).items() if k != "function"}
         functions = {s.function: {k: v for k, v in dataclasses.asdict(s).items() if k != "function"} for s in stats}
-        print_json(out, {"cache_dir": cache.path, **summary, "functions": functions})
+        print_json(out, {"cache_dir": cache.path, **summary, "price_table": prices.source(), "functions": functions})
         return EXIT_OK
     out.write(f"cache dir: {cache.path}\n")
     if not stats:
         out.write("no entries" + (f" of function {args.function}" if args.function else "") + "\n")
         return EXIT_OK
-    headers = ["FUNCTION", "ENTRIES", "SIZE", "HITS"] + (["MISSES"] if persisted else []) + ["TIME SAVED", "TOKENS SAVED", "CALL TIME", "TOKENS"]
+    headers = ["FUNCTION", "ENTRIES", "SIZE", "HITS"] + (["MISSES"] if persisted else []) + ["TIME SAVED", "TOKENS SAVED", "$ SAVED", "CALL TIME", "TOKENS"]
 
     def cells(s: FunctionStats) -> list[str]:
         row = [s.function, str(s.entries), human_size(s.bytes), str(s.hits)]
         if persisted:
             row.append("-" if s.misses is None else str(s.misses))
-        return row + [human_duration(s.seconds_saved), str(s.tokens_saved), human_duration(s.recorded_seconds), str(s.recorded_tokens)]
+        return row + [human_duration(s.seconds_saved), str(s.tokens_saved), human_dollars(s.dollars_saved), human_duration(s.recorded_seconds), str(s.recorded_tokens)]
 
     table = [cells(s) for s in stats] + ([cells(total)] if len(stats) > 1 else [])
     print_table(out, headers, table, right=range(1, len(headers)))
     out.write("\nTIME SAVED: original call time of the hits served; CALL TIME and TOKENS: of the entries as recorded.\n")
+    table_name = prices.source()
+    if table_name is None:
+        out.write("$ SAVED: no price table installed (pip install 'memollm[prices]').\n")
+    else:
+        out.write(f"$ SAVED: the hits' tokens at today's prices ({table_name}); models it does not know add nothing.\n")
     return EXIT_OK
 
 

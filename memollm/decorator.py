@@ -13,14 +13,14 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar, Union, overl
 
 import wrapt
 
-from . import flight, keys, observe, streams
+from . import flight, keys, observers, otel, prices, streams
 from .codec import UndecodableValue, UnencodableValue, decode
 from .config import TTL, cache_dir_for, disk_store, is_open, parse_size, parse_ttl, secret_bytes
 from .entry import KIND_STREAM, KIND_VALUE, CorruptEntry, EntryMeta, Stream, decode_body, encode_value, pack_entry, read_meta
 from .errors import CacheMiss
 from .modes import Mode, current_mode, parse_mode
 from .report import warn_once, warn_uncacheable
-from .stats import CacheInfo, Counters, tokens_of
+from .stats import CacheInfo, Counters, Usage, tokens_of, usage_of
 from .stores.base import Store
 from .stores.memory import SHARED_MEMORY_STORE
 from .trust import UntrustedCacheDir
@@ -76,6 +76,7 @@ class _Engine:
             keys.normalize(version, "cache_llm(version=...)"),
         ]
         self.keys = keys.KeyMaker(identity, self.signature, ignore)
+        otel.register(self)
 
     # -- key ------------------------------------------------------------------------------
 
@@ -154,11 +155,15 @@ class _Engine:
         counters.hits += 1
         counters.seconds_saved += meta.duration
         counters.tokens_saved += meta.tokens
+        usage = meta.usage
+        if usage is not None:
+            saved = counters.saved
+            saved[usage] = saved.get(usage, 0) + 1
         note_hit = getattr(store, "note_hit", None)
         if note_hit is not None:
             note_hit(meta)
-        if observe.read_observers:
-            observe.notify_read(store, meta)
+        if observers.read_observers:
+            observers.notify_read(store, meta)
         return value
 
     def _verify(self, key: str, data: bytes) -> tuple[bytes, EntryMeta, memoryview, bool]:
@@ -178,7 +183,7 @@ class _Engine:
 
     def save(self, store: Store, key: str, value: Any, duration: float) -> None:
         """Store a value; unstorable values and failed writes warn, never raise."""
-        meta = self.new_meta(key, duration, tokens_of(value), KIND_VALUE)
+        meta = self.new_meta(key, duration, tokens_of(value), KIND_VALUE, usage_of(value))
         try:
             data = encode_value(meta, value, self.secret, self.allow_pickle)
         except UnencodableValue as exc:
@@ -187,18 +192,20 @@ class _Engine:
             return
         self.write(store, meta, data)
 
-    def note_miss(self, store: Optional[Store], key: str) -> None:
+    def note_miss(self, store: Optional[Store], key: str, outcome: str = observers.MISS) -> None:
         self.counters.miss()
+        if observers.watching:
+            observers.record(self.function_id, key, outcome)
         note_miss = getattr(store, "note_miss", None)
         if note_miss is not None:
             note_miss(self.function_id)
-        if observe.miss_observers:
-            observe.notify_miss(store, self.function_id, key)
+        if observers.miss_observers:
+            observers.notify_miss(store, self.function_id, key)
 
-    def new_meta(self, key: str, duration: float, tokens: int, kind: str) -> EntryMeta:
+    def new_meta(self, key: str, duration: float, tokens: int, kind: str, usage: Optional[Usage]) -> EntryMeta:
         now = time.time()
         expires = None if self.ttl is None else now + self.ttl
-        return EntryMeta(self.function_id, key, now, expires, duration, kind, tokens)
+        return EntryMeta(self.function_id, key, now, expires, duration, kind, tokens, usage=usage)
 
     def write(self, store: Store, meta: EntryMeta, data: bytes) -> None:
         try:
@@ -317,7 +324,7 @@ class _Engine:
         """Decide a call: ``None`` to bypass, else ``(mode, store, key, cached value or _MISSING)``."""
         mode = current_mode(self.mode)
         if mode is _OFF:
-            return None
+            return self.bypass()
         if instance is _PLAIN:
             instance = None
         if instance is None and self.key_fn is None:  # the common case, without call_key's frame
@@ -326,11 +333,11 @@ class _Engine:
             except keys.Unkeyable:
                 raise
             except TypeError:
-                return None
+                return self.bypass()
         else:
             maybe_key = self.call_key(instance, args, kwargs)
             if maybe_key is None:
-                return None
+                return self.bypass()
             key = maybe_key
         store = self.store(create=mode.writes)
         value = _MISSING
@@ -338,10 +345,16 @@ class _Engine:
             value = self.lookup(store, key)
         if value is _MISSING and mode is _OFFLINE:
             if not self._fits(self.full_args(instance, args), kwargs):
-                return None  # a call the function rejects: let it raise its own TypeError
-            self.note_miss(store, key)
+                return self.bypass()  # a call the function rejects: let it raise its own TypeError
+            self.note_miss(store, key, observers.OFFLINE_MISS)
             raise self.miss_error(store, key)
         return mode, store, key, value
+
+    def bypass(self) -> None:
+        """A call not cached (mode off, arguments the function rejects): the plan ``None``."""
+        if observers.watching:
+            observers.record(self.function_id, None, observers.BYPASS)
+        return None
 
     def finisher(self, mode: Mode, store: Optional[Store], key: str, release: Callable[[], None]) -> streams.Finish:
         """The callback that stores a completed stream (once) and ends the flight."""
@@ -363,7 +376,7 @@ class _Engine:
         if recorder.problem is not None:
             warn_uncacheable(self.function_id, "stream:" + recorder.problem[:40], f"memollm: a stream of {self.function_id} was passed through but not cached: {recorder.problem}")
             return
-        meta = self.new_meta(key, recorder.duration, recorder.usage.tokens(), KIND_STREAM)
+        meta = self.new_meta(key, recorder.duration, recorder.usage.tokens(), KIND_STREAM, recorder.usage.usage())
         try:
             body = recorder.body(result)
         except UnencodableValue as exc:
@@ -492,7 +505,7 @@ class _Engine:
             except Exception as exc:
                 _report(store, "list", f"memollm: cannot list the cache at {store.location} ({exc})", exc)
         c = self.counters
-        return CacheInfo(c.hits, c.misses, entries, size, c.seconds_saved, c.tokens_saved)
+        return CacheInfo(c.hits, c.misses, entries, size, c.seconds_saved, c.tokens_saved, prices.total(dict(c.saved)))
 
     def clear(self) -> None:
         store = self.store(create=False)

@@ -6,8 +6,10 @@ Layout of the bytes (the same on disk, in memory and in Redis)::
     | header (msgpack map) | body (codec bytes) | xxh3-128 of all the above (16 bytes)
     | HMAC-SHA256 of all the above (32 bytes, only when signed)
 
-The header carries the function, key, created/expires times, the original call's duration and
-the kind ("value" or "stream"), so an entry can be listed, expired and indexed on its own.
+The header carries the function, key, created/expires times, the original call's duration,
+the kind ("value" or "stream") and the token usage (``"u"``: model, input, output, cache read,
+cache write; absent when the result reported none), so an entry can be listed, expired, indexed
+and priced on its own.
 A checksum mismatch, a bad signature or any malformed byte makes the entry unreadable: a miss.
 """
 
@@ -24,6 +26,7 @@ import msgpack
 import xxhash
 
 from . import codec
+from .stats import Usage
 
 MAGIC = b"MLLM"
 FORMAT = 1
@@ -52,12 +55,13 @@ class EntryMeta:
     kind: str = KIND_VALUE
     tokens: int = 0
     size: int = 0
+    usage: Optional[Usage] = None
 
     def expired(self, now: Optional[float] = None) -> bool:
         return self.expires is not None and (time.time() if now is None else now) >= self.expires
 
     def header(self) -> dict[str, Any]:
-        return {
+        header = {
             "fn": self.function,
             "key": self.key,
             "created": self.created,
@@ -66,6 +70,30 @@ class EntryMeta:
             "kind": self.kind,
             "tokens": self.tokens,
         }
+        if self.usage is not None:
+            header["u"] = list(self.usage.as_row())
+        return header
+
+
+def meta_from_header(h: dict[str, Any], size: int) -> EntryMeta:
+    """The metadata an entry header describes (raises on a malformed one); entries written before
+    a field existed read with its default."""
+    u = h.get("u")
+    usage = None
+    if u is not None:
+        model, counts = u[0], [int(n) for n in u[1:5]]
+        usage = Usage(None if model is None else str(model), *counts)
+    return EntryMeta(
+        function=h["fn"],
+        key=h["key"],
+        created=float(h["created"]),
+        expires=None if h["expires"] is None else float(h["expires"]),
+        duration=float(h.get("duration", 0.0)),
+        kind=h.get("kind", KIND_VALUE),
+        tokens=int(h.get("tokens", 0) or 0),
+        size=size,
+        usage=usage,
+    )
 
 
 @dataclass
@@ -133,17 +161,7 @@ def read_meta(data: bytes, secret: Optional[bytes] = None) -> tuple[EntryMeta, m
         raise CorruptEntry("entry checksum mismatch (torn or altered)")
     start = _PREFIX.size
     try:
-        h = msgpack.unpackb(view[start : start + header_len], raw=False)
-        meta = EntryMeta(
-            function=h["fn"],
-            key=h["key"],
-            created=float(h["created"]),
-            expires=None if h["expires"] is None else float(h["expires"]),
-            duration=float(h.get("duration", 0.0)),
-            kind=h.get("kind", KIND_VALUE),
-            tokens=int(h.get("tokens", 0) or 0),
-            size=len(data),
-        )
+        meta = meta_from_header(msgpack.unpackb(view[start : start + header_len], raw=False), len(data))
     except Exception as exc:
         raise CorruptEntry(f"bad entry header: {exc}") from exc
     return meta, view[start + header_len : body_end]

@@ -25,7 +25,7 @@ from typing import Any, Iterator, Optional
 import pytest
 
 from . import config as memollm_config
-from . import observe
+from . import observers
 from .entry import EntryMeta
 from .modes import MODE_ENV, Mode, cache_mode, current_mode, parse_mode
 from .stats import CacheInfo
@@ -126,8 +126,8 @@ def pytest_configure(config: pytest.Config) -> None:
             raise pytest.UsageError(str(exc)) from None
     if state.report_unused:
         state.stores_before = {id(s) for s in list(memollm_config._disk_stores.values())}
-        state.observers.append((observe.read_observers, state.on_read))
-        misses = getattr(observe, "miss_observers", None)
+        state.observers.append((observers.read_observers, state.on_read))
+        misses = getattr(observers, "miss_observers", None)
         if misses is not None:
             state.observers.append((misses, state.on_miss))
         for registry, observer in state.observers:
@@ -289,8 +289,8 @@ class MemollmCacheFixture:
 def memollm_cache() -> Iterator[MemollmCacheFixture]:
     """The memollm cache dir and mode in effect for this test, its store, and this test's hits and misses."""
     cache = MemollmCacheFixture()
-    registries: list[tuple[list[Any], Any]] = [(observe.read_observers, cache._on_read)]
-    misses = getattr(observe, "miss_observers", None)
+    registries: list[tuple[list[Any], Any]] = [(observers.read_observers, cache._on_read)]
+    misses = getattr(observers, "miss_observers", None)
     if misses is not None:
         registries.append((misses, cache._on_miss))
     for registry, observer in registries:

@@ -5,12 +5,17 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 
 @dataclass(frozen=True)
 class CacheInfo:
-    """What ``cache_info()`` returns: this process's counters plus the store's entries."""
+    """What ``cache_info()`` returns: this process's counters plus the store's entries.
+
+    ``dollars_saved`` prices the hits' token usage with the ``genai-prices`` table (the
+    ``prices`` extra); hits of models the table does not know add nothing. ``None`` when the
+    table is not installed.
+    """
 
     hits: int
     misses: int
@@ -18,6 +23,26 @@ class CacheInfo:
     bytes: int
     seconds_saved: float
     tokens_saved: int
+    dollars_saved: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class Usage:
+    """The tokens one result used, by model, as the provider reported them.
+
+    ``input`` counts every input token, cached ones included; ``cache_read`` and ``cache_write``
+    are the parts of it read from and written to the provider's prompt cache (priced apart).
+    ``model`` is ``None`` when the result does not say (then it cannot be priced).
+    """
+
+    model: Optional[str]
+    input: int = 0
+    output: int = 0
+    cache_read: int = 0
+    cache_write: int = 0
+
+    def as_row(self) -> tuple[Optional[str], int, int, int, int]:
+        return (self.model, self.input, self.output, self.cache_read, self.cache_write)
 
 
 class Counters:
@@ -27,27 +52,56 @@ class Counters:
     is not interrupted by a thread switch in CPython 3.11+ (no eval-breaker check in between);
     at worst, on older or free-threaded builds, a concurrent hit goes uncounted. Nothing else
     depends on these numbers.
+
+    ``saved`` counts hits per token usage (priced when asked, see ``memollm.prices``).
+    ``reset`` (``cache_clear``) keeps what was counted before in ``lifetime``, so monotonic
+    consumers (the OpenTelemetry counters) never see a total go down.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self.reset()
-
-    def reset(self) -> None:
+        self.lifetime: tuple[int, int, float, int] = (0, 0, 0.0, 0)  # hits, misses, seconds, tokens before the last reset
+        self.lifetime_saved: dict[Usage, int] = {}
         self.hits = 0
         self.misses = 0
         self.seconds_saved = 0.0
         self.tokens_saved = 0
+        self.saved: dict[Usage, int] = {}
+
+    def reset(self) -> None:
+        with self._lock:
+            h, m, sec, t = self.lifetime
+            self.lifetime = (h + self.hits, m + self.misses, sec + self.seconds_saved, t + self.tokens_saved)
+            for usage, hits in list(self.saved.items()):
+                self.lifetime_saved[usage] = self.lifetime_saved.get(usage, 0) + hits
+            self.hits = 0
+            self.misses = 0
+            self.seconds_saved = 0.0
+            self.tokens_saved = 0
+            self.saved = {}
 
     def miss(self) -> None:
         with self._lock:
             self.misses += 1
+
+    def totals(self) -> tuple[int, int, float, int, dict[Usage, int]]:
+        """Hits, misses, seconds, tokens and hits per usage since this process started."""
+        with self._lock:
+            saved = dict(self.lifetime_saved)
+            for usage, hits in list(self.saved.items()):
+                saved[usage] = saved.get(usage, 0) + hits
+            h, m, sec, t = self.lifetime
+            return h + self.hits, m + self.misses, sec + self.seconds_saved, t + self.tokens_saved, saved
 
 
 def _field(obj: Any, name: str) -> Any:
     if type(obj) is dict or isinstance(obj, Mapping):
         return obj.get(name)
     return getattr(obj, name, None)
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def tokens_of(value: Any) -> int:
@@ -62,19 +116,76 @@ def tokens_of(value: Any) -> int:
     return sum(p for p in parts if isinstance(p, int))
 
 
+def _counts(usage: Any) -> Optional[tuple[int, int, int, int]]:
+    """``(input, output, cache_read, cache_write)`` of a usage object or dict, input including the
+    cached parts; ``None`` if it holds no token counts.
+
+    OpenAI chat: ``prompt_tokens`` (cached ones included, ``prompt_tokens_details.cached_tokens``)
+    and ``completion_tokens``. OpenAI responses: ``input_tokens`` (``input_tokens_details``) and
+    ``output_tokens``. Anthropic: ``input_tokens`` excludes ``cache_read_input_tokens`` and
+    ``cache_creation_input_tokens``, so they are added.
+    """
+    prompt = _field(usage, "prompt_tokens")
+    if isinstance(prompt, int):
+        cached = _int(_field(_field(usage, "prompt_tokens_details"), "cached_tokens"))
+        return prompt, _int(_field(usage, "completion_tokens")), cached, 0
+    given = _field(usage, "input_tokens")
+    output = _field(usage, "output_tokens")
+    if not isinstance(given, int) and not isinstance(output, int):
+        return None
+    read, written = _field(usage, "cache_read_input_tokens"), _field(usage, "cache_creation_input_tokens")
+    if read is not None or written is not None:  # Anthropic
+        read, written = _int(read), _int(written)
+        return _int(given) + read + written, _int(output), read, written
+    cached = _int(_field(_field(usage, "input_tokens_details"), "cached_tokens"))
+    return _int(given), _int(output), cached, 0
+
+
+def _model(value: Any) -> Optional[str]:
+    model = _field(value, "model")
+    return model if isinstance(model, str) and model else None
+
+
+def usage_of(value: Any) -> Optional[Usage]:
+    """The ``Usage`` of an OpenAI/Anthropic response (object or dict), or ``None`` if it has none."""
+    usage = _field(value, "usage")
+    if usage is None:
+        return None
+    counts = _counts(usage)
+    return None if counts is None else Usage(_model(value), *counts)
+
+
 class UsageTally:
-    """Tokens reported along a stream (OpenAI's usage chunk, Anthropic's message events)."""
+    """Tokens and model reported along a stream: OpenAI's usage chunk (each chunk names the
+    model), Anthropic's ``message_start`` (model, input) and ``message_delta`` (output so far)
+    events, OpenAI Responses events carrying the ``response``."""
 
     def __init__(self) -> None:
         self.total = self.input = self.output = 0
+        self.model: Optional[str] = None
+        self.counts: Optional[list[int]] = None  # input, output, cache_read, cache_write (maxima)
 
     def add(self, chunk: Any) -> None:
-        for usage in (_field(chunk, "usage"), _field(_field(chunk, "message"), "usage")):
+        if self.model is None:
+            self.model = _model(chunk)
+        for holder in (chunk, _field(chunk, "message"), _field(chunk, "response")):
+            if holder is None:
+                continue
+            usage = _field(holder, "usage")
             if usage is None:
                 continue
+            if holder is not chunk and self.model is None:
+                self.model = _model(holder)
             values = [_field(usage, n) for n in ("total_tokens", "input_tokens", "output_tokens")]
             t, i, o = (v if isinstance(v, int) else 0 for v in values)
             self.total, self.input, self.output = max(self.total, t), max(self.input, i), max(self.output, o)
+            counts = _counts(usage)
+            if counts is not None:
+                self.counts = [max(a, b) for a, b in zip(self.counts or (0, 0, 0, 0), counts)]
 
     def tokens(self) -> int:
         return self.total or self.input + self.output
+
+    def usage(self) -> Optional[Usage]:
+        """The stream's ``Usage``, or ``None`` if no chunk reported tokens."""
+        return None if self.counts is None else Usage(self.model, *self.counts)

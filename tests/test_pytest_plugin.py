@@ -16,7 +16,7 @@ import subprocess
 
 import pytest
 
-from memollm import observe
+from memollm import observers
 
 pytest_plugins = ["pytester"]
 
@@ -255,7 +255,7 @@ def test_a_failed_marker_leaves_nothing_behind(memollm_cache):
     result.stdout.fnmatch_lines(["*TypeError: *@pytest.mark.memollm(cache_dir=...) must be a path, not int"])
 
 
-@pytest.mark.skipif(not hasattr(observe, "miss_observers"), reason="needs the miss hook observe.miss_observers")
+@pytest.mark.skipif(not hasattr(observers, "miss_observers"), reason="needs the miss hook observers.miss_observers")
 def test_fixture_counts_misses(pytester, cache_dir):
     pytester.makepyfile(
         test_misses=ASK

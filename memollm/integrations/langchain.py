@@ -30,7 +30,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess
         "install it with: pip install 'memollm[langchain]'"
     ) from exc
 
-from .. import keys, observe
+from .. import keys, observers
 from ..codec import UndecodableValue, UnencodableValue
 from ..config import TTL, cache_dir_for, disk_store, parse_ttl, secret_bytes
 from ..decorator import _resolve_store
@@ -123,16 +123,16 @@ class MemollmCache(BaseCache):
         note_hit = getattr(store, "note_hit", None)
         if note_hit is not None:
             note_hit(meta)
-        if observe.read_observers:
-            observe.notify_read(store, meta)
+        if observers.read_observers:
+            observers.notify_read(store, meta)
         return generations
 
     def _miss(self, store: Optional[Store], key: str, mode: Mode, prompt: str) -> None:
         note_miss = getattr(store, "note_miss", None)
         if note_miss is not None:
             note_miss(FUNCTION_ID)
-        notify_miss = getattr(observe, "notify_miss", None)
-        if notify_miss is not None and getattr(observe, "miss_observers", None):
+        notify_miss = getattr(observers, "notify_miss", None)
+        if notify_miss is not None and getattr(observers, "miss_observers", None):
             notify_miss(store, FUNCTION_ID, key)
         if mode is Mode.OFFLINE:
             where = store.location if store is not None else cache_dir_for(self.cache_dir)

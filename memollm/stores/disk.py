@@ -16,7 +16,7 @@ from ..report import warn_once
 from ..trust import check_trusted
 from .backend import ITEM_FILENAME, STAGING_DIRNAME, call_id, function_dirname, make_private_dirs
 from .base import PruneReport, Store
-from .index import INDEX_FILENAME, Index
+from .index import INDEX_FILENAME, Index, usage_from_row
 from .usage import UsageLog
 
 T = TypeVar("T")
@@ -253,7 +253,7 @@ class DiskStore(Store):
         return report
 
     def note_hit(self, meta: EntryMeta) -> None:
-        self.usage.hit(meta.function, meta.key, meta.duration, meta.tokens)
+        self.usage.hit(meta.function, meta.key, meta.duration, meta.tokens, meta.usage)
 
     def note_miss(self, function: str) -> None:
         self.usage.miss(function)
@@ -369,4 +369,5 @@ def _meta_from_row(row: dict[str, Any]) -> EntryMeta:
         kind=row["kind"],
         tokens=row["tokens"],
         size=row["size"],
+        usage=usage_from_row(row),
     )

@@ -14,6 +14,7 @@ import time
 from typing import Any, Callable, Iterable, Iterator, Optional
 
 from ..entry import EntryMeta
+from ..stats import Usage
 
 INDEX_FILENAME = "index.sqlite3"
 
@@ -28,7 +29,12 @@ CREATE TABLE IF NOT EXISTS entries (
     tokens INTEGER NOT NULL DEFAULT 0,
     kind TEXT NOT NULL DEFAULT 'value',
     hits INTEGER NOT NULL DEFAULT 0,
-    last_access REAL NOT NULL
+    last_access REAL NOT NULL,
+    model TEXT,
+    input_tokens INTEGER,
+    output_tokens INTEGER,
+    cache_read_tokens INTEGER,
+    cache_write_tokens INTEGER
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS entries_function ON entries(function);
 CREATE INDEX IF NOT EXISTS entries_expires ON entries(expires) WHERE expires IS NOT NULL;
@@ -52,9 +58,29 @@ CREATE TABLE IF NOT EXISTS stats (
     seconds_saved REAL NOT NULL DEFAULT 0,
     tokens_saved INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS saved (
+    function TEXT NOT NULL,
+    model TEXT NOT NULL,
+    input_tokens INTEGER NOT NULL,
+    output_tokens INTEGER NOT NULL,
+    cache_read_tokens INTEGER NOT NULL,
+    cache_write_tokens INTEGER NOT NULL,
+    hits INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (function, model, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens)
+) WITHOUT ROWID;
 """
 
-_COLUMNS = "key, function, created, expires, size, duration, tokens, kind, hits, last_access"
+#: Columns added since the first release, with their types: an older index gains them when opened
+#: (its rows read as "no usage recorded"), and older versions keep writing to it unharmed.
+_ADDED_COLUMNS = (
+    ("model", "TEXT"),
+    ("input_tokens", "INTEGER"),
+    ("output_tokens", "INTEGER"),
+    ("cache_read_tokens", "INTEGER"),
+    ("cache_write_tokens", "INTEGER"),
+)
+USAGE_COLUMNS = "model, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens"
+_COLUMNS = "key, function, created, expires, size, duration, tokens, kind, hits, last_access, " + USAGE_COLUMNS
 
 
 class Index:
@@ -93,6 +119,7 @@ class Index:
                 conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.executescript(_SCHEMA)
+            _add_columns(conn)
         except BaseException:
             conn.close()
             raise
@@ -236,11 +263,25 @@ class Index:
 
 
 _UPSERT = (
-    f"INSERT INTO entries ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?) "
+    f"INSERT INTO entries ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
     "ON CONFLICT(key) DO UPDATE SET function=excluded.function, created=excluded.created, "
     "expires=excluded.expires, size=excluded.size, duration=excluded.duration, "
-    "tokens=excluded.tokens, kind=excluded.kind, last_access=excluded.last_access"
+    "tokens=excluded.tokens, kind=excluded.kind, last_access=excluded.last_access, "
+    "model=excluded.model, input_tokens=excluded.input_tokens, output_tokens=excluded.output_tokens, "
+    "cache_read_tokens=excluded.cache_read_tokens, cache_write_tokens=excluded.cache_write_tokens"
 )
+
+
+def _add_columns(conn: sqlite3.Connection) -> None:
+    """Migrate an index made by an older version: add the columns it lacks."""
+    present = {row[1] for row in conn.execute("PRAGMA table_info(entries)")}
+    for name, kind in _ADDED_COLUMNS:
+        if name not in present:
+            try:
+                conn.execute(f"ALTER TABLE entries ADD COLUMN {name} {kind}")
+            except sqlite3.OperationalError as exc:
+                if "duplicate column" not in str(exc).lower():  # another process added it first
+                    raise
 
 
 class _Closer:
@@ -261,7 +302,16 @@ class _Closer:
 
 
 def _row(m: EntryMeta) -> tuple[Any, ...]:
-    return (m.key, m.function, m.created, m.expires, m.size, m.duration, m.tokens, m.kind, 0, m.created)
+    usage = m.usage.as_row() if m.usage is not None else (None, None, None, None, None)
+    return (m.key, m.function, m.created, m.expires, m.size, m.duration, m.tokens, m.kind, 0, m.created, *usage)
+
+
+def usage_from_row(row: dict[str, Any]) -> Optional[Usage]:
+    """The ``Usage`` of an index row (``None``: the entry recorded none, or predates usage)."""
+    if row.get("input_tokens") is None:
+        return None
+    model = row.get("model")
+    return Usage(model, *(int(row.get(n) or 0) for n in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")))
 
 
 class _transaction:

@@ -16,6 +16,7 @@ import time
 import weakref
 from typing import Any, Callable, Optional
 
+from ..stats import Usage
 from .index import Index, _transaction
 
 FLUSH_INTERVAL = 0.1
@@ -29,13 +30,14 @@ class UsageLog:
         self._lock = threading.Lock()
         self._entry_hits: dict[str, list[Any]] = {}  # key -> [hits, last access, function]
         self._functions: dict[str, list[Any]] = {}  # function -> [hits, misses, seconds, tokens]
-        self._hits: list[tuple[str, str, float, int, float]] = []
+        self._saved: dict[tuple[str, Usage], int] = {}  # (function, usage) -> hits, priced when reported
+        self._hits: list[tuple[str, str, float, int, float, Optional[Usage]]] = []
         _live_logs.add(self)
 
-    def hit(self, function: str, key: str, duration: float, tokens: int) -> None:
+    def hit(self, function: str, key: str, duration: float, tokens: int, usage: Optional[Usage] = None) -> None:
         if _flusher_pid != os.getpid():
             _start_flusher()
-        self._hits.append((function, key, duration, tokens, time.time()))  # atomic; tallied at flush
+        self._hits.append((function, key, duration, tokens, time.time(), usage))  # atomic; tallied at flush
 
     def miss(self, function: str) -> None:
         if _flusher_pid != os.getpid():
@@ -51,6 +53,7 @@ class UsageLog:
             self._tally()
             entry_hits, self._entry_hits = self._entry_hits, {}
             functions, self._functions = self._functions, {}
+            saved, self._saved = self._saved, {}
         if not entry_hits and not functions:
             return
         try:
@@ -66,14 +69,22 @@ class UsageLog:
                     "seconds_saved = seconds_saved + excluded.seconds_saved, tokens_saved = tokens_saved + excluded.tokens_saved",
                     [(f, *c) for f, c in functions.items()],
                 )
+                conn.executemany(
+                    "INSERT INTO saved (function, model, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, hits) "
+                    "VALUES (?,?,?,?,?,?,?) ON CONFLICT(function, model, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens) "
+                    "DO UPDATE SET hits = hits + excluded.hits",
+                    [(f, *u.as_row(), hits) for (f, u), hits in saved.items()],
+                )
         except FileNotFoundError:  # no index yet (flushes never create one): keep the tallies
-            self._keep(entry_hits, functions)
+            self._keep(entry_hits, functions, saved)
         except Exception:  # usage is an accelerator's bookkeeping: never worth failing a call
             pass
 
-    def _keep(self, entry_hits: dict[str, list[Any]], functions: dict[str, list[Any]]) -> None:
-        """Merge tallies back into the buffer (bounded: one item per key and per function)."""
+    def _keep(self, entry_hits: dict[str, list[Any]], functions: dict[str, list[Any]], saved: dict[tuple[str, Usage], int]) -> None:
+        """Merge tallies back into the buffer (bounded: one item per key, per function and per usage)."""
         with self._lock:
+            for item, hits in saved.items():
+                self._saved[item] = self._saved.get(item, 0) + hits
             for key, (hits, when, function) in entry_hits.items():
                 entry = self._entry_hits.setdefault(key, [0, when, function])
                 entry[0] += hits
@@ -87,7 +98,7 @@ class UsageLog:
         """Move the raw hits into the per-entry and per-function tallies (under ``_lock``);
         ``credit_entry(function, key)`` false: count the hit for the function only."""
         hits, self._hits = self._hits, []
-        for function, key, duration, tokens, when in hits:
+        for function, key, duration, tokens, when, usage in hits:
             if credit_entry is None or credit_entry(function, key):
                 entry = self._entry_hits.setdefault(key, [0, when, function])
                 entry[0] += 1
@@ -96,6 +107,8 @@ class UsageLog:
             counters[0] += 1
             counters[2] += duration
             counters[3] += tokens
+            if usage is not None and usage.model is not None:
+                self._saved[(function, usage)] = self._saved.get((function, usage), 0) + 1
 
     def forget(self, function: Optional[str] = None, key: Optional[str] = None) -> None:
         """Drop the buffered per-entry hits of entries being deleted (one key, a function's, or
@@ -117,6 +130,15 @@ class UsageLog:
         rows = conn.execute(sql + " WHERE function = ?", (function,)) if function else conn.execute(sql + " ORDER BY function")
         names = ["function", "hits", "misses", "seconds_saved", "tokens_saved"]
         return [dict(zip(names, row)) for row in rows]
+
+    def saved(self) -> dict[str, dict[Usage, int]]:
+        """Persisted hits per function and token usage (after flushing this process's buffer)."""
+        self.flush()
+        per: dict[str, dict[Usage, int]] = {}
+        sql = "SELECT function, model, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, hits FROM saved"
+        for function, model, i, o, r, w, hits in self.index._connect().execute(sql):
+            per.setdefault(function, {})[Usage(model, i, o, r, w)] = hits
+        return per
 
 
 _live_logs: "weakref.WeakSet[UsageLog]" = weakref.WeakSet()
@@ -141,7 +163,7 @@ def _start_flusher() -> None:
         if _flusher_pid != os.getpid():
             if _flusher_pid:  # a forked child: what is buffered belongs to the parent, which writes it
                 for log in list(_live_logs):
-                    log._hits, log._entry_hits, log._functions = [], {}, {}
+                    log._hits, log._entry_hits, log._functions, log._saved = [], {}, {}, {}
             threading.Thread(target=_flush_loop, name="memollm-usage", daemon=True).start()
             _flusher_pid = os.getpid()
 

@@ -1,0 +1,96 @@
+"""OpenTelemetry metrics (the ``otel`` extra): what the cache did and saved, per function.
+
+With ``opentelemetry-api`` installed, the counters ``memollm.hits``, ``memollm.misses``,
+``memollm.tokens_saved``, ``memollm.seconds_saved`` and ``memollm.dollars_saved`` (attribute
+``memollm.function``) are reported through the global meter provider, one set per process.
+They are asynchronous (observable) counters: the provider's reader asks for them when it
+collects, and they read the counters each cached function keeps anyway, so a cached call costs
+nothing more with OpenTelemetry than without it. A meter provider set after memollm started is
+used (the API's proxy provider forwards to it). Without the package nothing is imported.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import threading
+import weakref
+from typing import Any, Iterator
+
+from .stats import Counters
+
+FUNCTION_ATTRIBUTE = "memollm.function"
+
+_lock = threading.Lock()
+_state = 0  # 0: not set up yet, 1: instruments registered, -1: no opentelemetry
+_owners: "weakref.WeakSet[Any]" = weakref.WeakSet()  # objects with ``function_id`` and ``counters``
+
+
+def register(owner: Any) -> None:
+    """Report ``owner.counters`` (a ``Counters``) under ``owner.function_id`` from now on.
+
+    Called once per cached function, when it is decorated: the first call sets up the meter
+    (or finds there is no OpenTelemetry, and then never looks again).
+    """
+    global _state
+    if _state == 0:
+        with _lock:
+            if _state == 0:
+                _state = 1 if _set_up() else -1
+    if _state == 1:
+        _owners.add(owner)
+
+
+def _installed() -> bool:
+    try:
+        return importlib.util.find_spec("opentelemetry.metrics") is not None
+    except (ImportError, ValueError):  # absent, or blocked (``sys.modules["opentelemetry"] = None``)
+        return False
+
+
+def _set_up() -> bool:
+    if not _installed():
+        return False
+    try:
+        from opentelemetry import metrics
+    except Exception:
+        return False
+    from . import __version__
+
+    meter = metrics.get_meter("memollm", __version__)
+    meter.create_observable_counter("memollm.hits", [_reporter(0, metrics.Observation)], unit="{hit}", description="Calls answered from the cache")
+    meter.create_observable_counter("memollm.misses", [_reporter(1, metrics.Observation)], unit="{miss}", description="Cached calls that went to the provider")
+    meter.create_observable_counter("memollm.seconds_saved", [_reporter(2, metrics.Observation)], unit="s", description="Original call time of the hits")
+    meter.create_observable_counter("memollm.tokens_saved", [_reporter(3, metrics.Observation)], unit="{token}", description="Tokens the hits' results used")
+    meter.create_observable_counter("memollm.dollars_saved", [_reporter(4, metrics.Observation)], unit="USD", description="Price of the hits' token usage (genai-prices)")
+    return True
+
+
+def _totals() -> dict[str, list[Any]]:
+    """Per function: hits, misses, seconds, tokens, hits per usage, summed over its owners."""
+    per: dict[str, list[Any]] = {}
+    for owner in list(_owners):
+        counters: Counters = owner.counters
+        hits, misses, seconds, tokens, saved = counters.totals()
+        mine = per.setdefault(owner.function_id, [0, 0, 0.0, 0, {}])
+        mine[0] += hits
+        mine[1] += misses
+        mine[2] += seconds
+        mine[3] += tokens
+        for usage, n in saved.items():
+            mine[4][usage] = mine[4].get(usage, 0) + n
+    return per
+
+
+def _reporter(field: int, observation: Any) -> Any:
+    def report(options: Any) -> Iterator[Any]:
+        for function, values in _totals().items():
+            value = values[field]
+            if field == 4:
+                from .prices import total
+
+                value = total(value)
+                if value is None:  # no price table: report no dollars rather than a false zero
+                    continue
+            yield observation(value, {FUNCTION_ATTRIBUTE: function})
+
+    return report

@@ -1,0 +1,93 @@
+"""Dollars of token usage, from the maintained ``genai-prices`` table (the ``prices`` extra).
+
+Prices are looked up when a figure is asked for (``cache_info()``, ``memollm stats``, an
+``observe()`` record, an OpenTelemetry collection), from the usage stored with each entry, so a
+newer table (``pip install -U genai-prices``, or its opt-in ``UpdatePrices`` in your program)
+applies to entries recorded before it. A model the table does not know is never guessed at:
+its usage has no price (``None``). Without the package every price is ``None``.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import threading
+from typing import Any, Optional
+
+from .stats import Usage
+
+_lock = threading.Lock()
+_calc: Any = None  # genai_prices.calc_price once imported; False if it cannot be
+
+
+def _calculator() -> Any:
+    """``genai_prices`` (imported on first use: it costs a few tenths of a second), or ``None``."""
+    global _calc
+    if _calc is None:
+        with _lock:
+            if _calc is None:
+                try:
+                    import genai_prices
+                except Exception:  # absent (or Python < 3.11, which it does not support)
+                    _calc = False
+                else:
+                    _calc = genai_prices
+    return _calc or None
+
+
+def available() -> bool:
+    """Whether a price table is installed (``pip install 'memollm[prices]'``), without importing it."""
+    if _calc is None:
+        try:
+            return importlib.util.find_spec("genai_prices") is not None
+        except (ImportError, ValueError):
+            return False
+    return _calc is not False
+
+
+def source() -> Optional[str]:
+    """Which table prices come from, e.g. ``"genai-prices 0.2.3"``; ``None`` without one."""
+    table = _calculator()
+    return None if table is None else f"genai-prices {table.__version__}"
+
+
+@functools.lru_cache(maxsize=65536)
+def price(usage: Optional[Usage]) -> Optional[float]:
+    """US dollars the call that used ``usage`` costs at today's prices; ``None`` if unknown
+    (no table, no model, or a model the table does not know)."""
+    if usage is None or usage.model is None:
+        return None
+    table = _calculator()
+    if table is None:
+        return None
+    counts = {"input_tokens": usage.input, "output_tokens": usage.output}
+    if usage.cache_read:
+        counts["cache_read_tokens"] = usage.cache_read
+    if usage.cache_write:
+        counts["cache_write_tokens"] = usage.cache_write
+    try:
+        tokens = table.Usage(**counts)
+        try:
+            found = table.calc_price(tokens, usage.model)
+        except LookupError:
+            if "/" not in usage.model:
+                raise
+            # "provider/model" (LiteLLM's spelling): the table resolves the prefix itself.
+            found = table.calc_price(tokens, usage.model, provider_id="litellm")
+    except Exception:  # LookupError (unknown model), ValueError (inconsistent counts): no price
+        return None
+    return float(found.total_price)
+
+
+def total(hits_per_usage: "dict[Usage, int]") -> Optional[float]:
+    """Dollars of ``hits`` calls of each usage; ``None`` without a table. Unknown models add nothing."""
+    if not hits_per_usage:
+        return 0.0 if available() else None
+    if _calculator() is None:
+        return None
+    dollars = 0.0
+    for usage, hits in hits_per_usage.items():
+        each = price(usage)
+        if each is not None:
+            dollars += each * hits
+    return dollars
