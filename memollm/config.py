@@ -48,22 +48,33 @@ def default_cache_dir() -> str:
     return os.path.join(os.path.expanduser("~"), ".cache", "memollm")
 
 
-def parse_ttl(ttl: Any) -> Optional[float]:
+def parse_ttl(ttl: Any, owner: str = "cache_llm") -> Optional[float]:
     """Seconds as a float, or ``None`` for never; errors name the argument and the fix."""
     if ttl is None:
         return None
     if isinstance(ttl, _dt.timedelta):
         seconds = ttl.total_seconds()
     elif isinstance(ttl, (int, float)) and not isinstance(ttl, bool):
-        seconds = float(ttl)
+        try:
+            seconds = float(ttl)
+        except OverflowError:  # an int beyond any float: no finite duration
+            seconds = float("inf")
     else:
         raise TypeError(
-            f"cache_llm(ttl=...) must be a number of seconds or a datetime.timedelta (or None to never "
+            f"{owner}(ttl=...) must be a number of seconds or a datetime.timedelta (or None to never "
             f"expire), not {type(ttl).__name__} {ttl!r}"
         )
     if not seconds > 0 or seconds != seconds or seconds == float("inf"):
-        raise ValueError(f"cache_llm(ttl={ttl!r}) must be a positive, finite duration; use ttl=None for entries that never expire")
+        raise ValueError(f"{owner}(ttl={_short_repr(ttl)}) must be a positive, finite duration; use ttl=None for entries that never expire")
     return seconds
+
+
+def _short_repr(value: Any) -> str:
+    try:
+        text = repr(value)
+    except ValueError:  # an int too long to print
+        return "<a number too large to print>"
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
@@ -88,17 +99,17 @@ def parse_size(size: Any, name: str = "max_size") -> Optional[int]:
     return value
 
 
-def secret_bytes(secret: Any) -> Optional[bytes]:
-    """The signing key from ``secret=`` or ``$MEMOLLM_SECRET``."""
+def secret_bytes(secret: Any, owner: str = "cache_llm") -> Optional[bytes]:
+    """The signing key from ``secret=`` or ``$MEMOLLM_SECRET`` (an empty variable counts as unset)."""
     if secret is None:
         secret = os.environ.get(SECRET_ENV) or None
     if secret is None:
         return None
-    if isinstance(secret, str):
-        return secret.encode("utf-8")
-    if isinstance(secret, bytes):
-        return secret
-    raise TypeError(f"cache_llm(secret=...) must be str or bytes, not {type(secret).__name__}")
+    if not isinstance(secret, (str, bytes)):
+        raise TypeError(f"{owner}(secret=...) must be str or bytes, not {type(secret).__name__}")
+    if not secret:
+        raise ValueError(f"{owner}(secret={secret!r}) is empty, which would sign nothing; pass a non-empty key, or secret=None for unsigned entries")
+    return secret.encode("utf-8") if isinstance(secret, str) else secret
 
 
 _disk_stores: dict[str, DiskStore] = {}

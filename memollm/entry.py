@@ -55,6 +55,15 @@ class EntryMeta:
     kind: str = KIND_VALUE
     tokens: int = 0
     size: int = 0
+    #: The request the entry answers, as keyed: the normalized arguments of a decorated call,
+    #: or an HTTP request's method, URL, body and key headers (``None``: not recorded).
+    request: Any = None
+    #: What the key was made of besides the request: ``[key format, *identity]`` (``None`` for
+    #: entries written before it was recorded).
+    identity: Optional[list[Any]] = None
+    #: The sample index under ``cache_llm(samples=N)`` (``None`` otherwise).
+    sample: Optional[int] = None
+    #: The tokens the result used, by model (``None``: it reported none, or the entry predates it).
     usage: Optional[Usage] = None
 
     def expired(self, now: Optional[float] = None) -> bool:
@@ -70,6 +79,12 @@ class EntryMeta:
             "kind": self.kind,
             "tokens": self.tokens,
         }
+        if self.request is not None:
+            header["request"] = self.request
+        if self.identity is not None:
+            header["identity"] = self.identity
+        if self.sample is not None:
+            header["sample"] = self.sample
         if self.usage is not None:
             header["u"] = list(self.usage.as_row())
         return header
@@ -92,6 +107,9 @@ def meta_from_header(h: dict[str, Any], size: int) -> EntryMeta:
         kind=h.get("kind", KIND_VALUE),
         tokens=int(h.get("tokens", 0) or 0),
         size=size,
+        request=h.get("request"),
+        identity=h.get("identity"),
+        sample=h.get("sample"),
         usage=usage,
     )
 
@@ -161,7 +179,7 @@ def read_meta(data: bytes, secret: Optional[bytes] = None) -> tuple[EntryMeta, m
         raise CorruptEntry("entry checksum mismatch (torn or altered)")
     start = _PREFIX.size
     try:
-        meta = meta_from_header(msgpack.unpackb(view[start : start + header_len], raw=False), len(data))
+        meta = meta_from_header(msgpack.unpackb(view[start : start + header_len], raw=False, strict_map_key=False), len(data))
     except Exception as exc:
         raise CorruptEntry(f"bad entry header: {exc}") from exc
     return meta, view[start + header_len : body_end]

@@ -22,13 +22,14 @@ FUNCTION_ATTRIBUTE = "memollm.function"
 
 _lock = threading.Lock()
 _state = 0  # 0: not set up yet, 1: instruments registered, -1: no opentelemetry
-_owners: "weakref.WeakSet[Any]" = weakref.WeakSet()  # objects with ``function_id`` and ``counters``
+_caches: "weakref.WeakSet[Any]" = weakref.WeakSet()  # memollm.core.Cache objects
 
 
-def register(owner: Any) -> None:
-    """Report ``owner.counters`` (a ``Counters``) under ``owner.function_id`` from now on.
+def register(cache: Any) -> None:
+    """Report a cache core's counters from now on: under its ``function``, or, for a front door
+    that caches several functions, under each of them (``by_function``).
 
-    Called once per cached function, when it is decorated: the first call sets up the meter
+    Called when a cache is made (a function decorated...): the first call sets up the meter
     (or finds there is no OpenTelemetry, and then never looks again).
     """
     global _state
@@ -37,7 +38,7 @@ def register(owner: Any) -> None:
             if _state == 0:
                 _state = 1 if _set_up() else -1
     if _state == 1:
-        _owners.add(owner)
+        _caches.add(cache)
 
 
 def _installed() -> bool:
@@ -66,18 +67,20 @@ def _set_up() -> bool:
 
 
 def _totals() -> dict[str, list[Any]]:
-    """Per function: hits, misses, seconds, tokens, hits per usage, summed over its owners."""
+    """Per function: hits, misses, seconds, tokens, hits per usage, summed over the caches."""
     per: dict[str, list[Any]] = {}
-    for owner in list(_owners):
-        counters: Counters = owner.counters
-        hits, misses, seconds, tokens, saved = counters.totals()
-        mine = per.setdefault(owner.function_id, [0, 0, 0.0, 0, {}])
-        mine[0] += hits
-        mine[1] += misses
-        mine[2] += seconds
-        mine[3] += tokens
-        for usage, n in saved.items():
-            mine[4][usage] = mine[4].get(usage, 0) + n
+    for cache in list(_caches):
+        counted: list[tuple[str, Counters]] = [(cache.function, cache.counters)] if cache.function is not None else []
+        counted += list(cache.by_function.items())
+        for function, counters in counted:
+            hits, misses, seconds, tokens, saved = counters.totals()
+            mine = per.setdefault(function, [0, 0, 0.0, 0, {}])
+            mine[0] += hits
+            mine[1] += misses
+            mine[2] += seconds
+            mine[3] += tokens
+            for usage, n in saved.items():
+                mine[4][usage] = mine[4].get(usage, 0) + n
     return per
 
 

@@ -84,6 +84,14 @@ class Counters:
         with self._lock:
             self.misses += 1
 
+    def hit(self, duration: float, tokens: int, usage: Optional[Usage]) -> None:
+        """Count a hit (the core's hit path counts inline, as this does)."""
+        self.hits += 1
+        self.seconds_saved += duration
+        self.tokens_saved += tokens
+        if usage is not None:
+            self.saved[usage] = self.saved.get(usage, 0) + 1
+
     def totals(self) -> tuple[int, int, float, int, dict[Usage, int]]:
         """Hits, misses, seconds, tokens and hits per usage since this process started."""
         with self._lock:

@@ -377,10 +377,11 @@ def test_entries_are_committable(tmp_path: Path) -> None:
     assert not any("index.sqlite3" in s for s in staged)  # the rebuildable index stays out
 
 
-def test_no_absolute_paths_or_secrets_inside(tmp_path: Path) -> None:
+@pytest.mark.parametrize("record_request", [True, False])
+def test_no_absolute_paths_or_secrets_inside(tmp_path: Path, record_request: bool) -> None:
     cache = tmp_path / "cache"
 
-    @cache_llm(cache_dir=cache)
+    @cache_llm(cache_dir=cache, record_request=record_request)
     def complete(prompt: str, api_key: Optional[str] = None, headers: Optional[dict[str, str]] = None, **kwargs: Any) -> str:
         return "an answer"
 
@@ -397,7 +398,9 @@ def test_no_absolute_paths_or_secrets_inside(tmp_path: Path) -> None:
         for secret in secrets:
             assert secret.encode() not in blob
         assert str(tmp_path).encode() not in blob
-        assert b"hello" not in blob  # arguments are hashed, never written
+    # The request is recorded in its entries (secrets left out), unless record_request=False.
+    assert any(b"hello" in blob for blob in blobs) is record_request
+    assert any(b"X-Trace" in blob for blob in blobs) is record_request
 
 
 def test_unusable_cache_dir_still_answers(tmp_path: Path) -> None:

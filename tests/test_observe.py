@@ -185,3 +185,14 @@ def test_a_block_leaves_no_observer_behind(tmp_path):
             raise RuntimeError("boom")
     assert observers.read_observers == before and observers.watching == 0
     assert memollm.observe is observe
+
+
+def test_records_carry_the_sample_index(tmp_path):
+    @cache_llm(cache_dir=tmp_path, samples=2)
+    def pick(prompt: str) -> str:
+        return prompt
+
+    with observe() as calls:
+        for _ in range(4):
+            pick("p")
+    assert [(c.outcome, c.sample) for c in calls] == [("miss", 0), ("miss", 1), ("hit", 0), ("hit", 1)]

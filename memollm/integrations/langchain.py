@@ -31,12 +31,9 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess
     ) from exc
 
 from .. import keys, observers
-from ..codec import UndecodableValue, UnencodableValue
-from ..config import TTL, cache_dir_for, disk_store, parse_ttl, secret_bytes
-from ..decorator import _resolve_store
-from ..entry import KIND_VALUE, CorruptEntry, EntryMeta, decode_body, encode_value, read_meta
-from ..errors import CacheMiss
-from ..modes import Mode, current_mode
+from ..config import TTL, cache_dir_for
+from ..core import MISSING, Cache, resolve
+from ..modes import Mode
 from ..report import warn_once
 from ..stores.base import Store
 from ..stores.memory import MemoryStore
@@ -74,125 +71,69 @@ class MemollmCache(BaseCache):
         ttl: TTL = None,
         store: Union[str, Store, None] = None,
     ) -> None:
-        if cache_dir is not None and not isinstance(cache_dir, (str, os.PathLike)):
-            raise TypeError(f"MemollmCache(cache_dir=...) must be a path (str or os.PathLike), not {type(cache_dir).__name__}")
-        self.ttl = parse_ttl(ttl)
-        self.cache_dir = None if cache_dir is None else os.fspath(cache_dir)
-        self.fixed_store = _resolve_store(store, cache_dir)
-        self.secret = secret_bytes(None)
+        self.core = Cache(resolve("MemollmCache", cache_dir=cache_dir, ttl=ttl, store=store), "MemollmCache", _KEY_IDENTITY, FUNCTION_ID)
         self._pending: dict[str, float] = {}  # key -> when its lookup missed (the call's duration)
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
-        where = self.fixed_store.location if self.fixed_store is not None else cache_dir_for(self.cache_dir)
-        return f"MemollmCache({where!r}, ttl={self.ttl})"
-
-    # -- helpers ----------------------------------------------------------------------------
+        store = self.core.fixed_store
+        where = store.location if store is not None else cache_dir_for(self.core.options.cache_dir)
+        return f"MemollmCache({where!r}, ttl={self.core.ttl})"
 
     def key(self, prompt: str, llm_string: str) -> str:
         """The memollm key of a (prompt, llm_string) pair: an xxh3-128 hex digest."""
-        return keys.make_key(_KEY_IDENTITY, keys.normalize({"prompt": prompt, "llm_string": llm_string}, "the prompt"))
+        return keys.make_key(_KEY_IDENTITY, _request(prompt, llm_string))
 
     def store(self) -> Optional[Store]:
         """The store in use (the disk store of the cache dir in effect), or ``None`` if unusable."""
-        if self.fixed_store is not None:
-            return self.fixed_store
-        path = cache_dir_for(self.cache_dir)
-        try:
-            return disk_store(path)
-        except Exception as exc:
-            warn_once(path, "open", f"memollm: cannot use the cache dir {path} ({exc}); LangChain calls go to the provider uncached")
-            return None
-
-    def _read(self, store: Store, key: str) -> Optional[list[Generation]]:
-        try:
-            data = store.get(FUNCTION_ID, key)
-        except Exception as exc:
-            warn_once(store.location, "read", f"memollm: cannot read the cache at {store.location} ({exc}); treating lookups as misses")
-            return None
-        if data is None:
-            return None
-        try:
-            meta, body = read_meta(data, self.secret)
-            if meta.key != key or meta.expired():
-                return None
-            generations = _revive(decode_body(meta, body))
-        except (CorruptEntry, UndecodableValue, ValueError, TypeError, KeyError) as exc:
-            warn_once(store.location, "corrupt", f"memollm: unreadable LangChain cache entry {key} in {store.location} ({exc}); calling the model")
-            return None
-        note_hit = getattr(store, "note_hit", None)
-        if note_hit is not None:
-            note_hit(meta)
-        if observers.read_observers:
-            observers.notify_read(store, meta)
-        return generations
-
-    def _miss(self, store: Optional[Store], key: str, mode: Mode, prompt: str) -> None:
-        note_miss = getattr(store, "note_miss", None)
-        if note_miss is not None:
-            note_miss(FUNCTION_ID)
-        notify_miss = getattr(observers, "notify_miss", None)
-        if notify_miss is not None and getattr(observers, "miss_observers", None):
-            notify_miss(store, FUNCTION_ID, key)
-        if mode is Mode.OFFLINE:
-            where = store.location if store is not None else cache_dir_for(self.cache_dir)
-            shown = prompt if len(prompt) <= 80 else prompt[:77] + "..."
-            raise CacheMiss(
-                f"memollm: no cached entry for {FUNCTION_ID} (key {key}, prompt {shown!r}) in {where}, and the "
-                "cache mode is 'offline'. Record it by running this call once with the cache mode 'readwrite' "
-                "(MEMOLLM_MODE=readwrite, or --memollm-mode=readwrite under pytest) and provider access, "
-                "then commit or copy the cache dir.",
-                function=FUNCTION_ID,
-                key=key,
-                cache_dir=where,
-            )
-        with self._lock:
-            if len(self._pending) >= _MAX_PENDING:
-                self._pending.clear()
-            self._pending[key] = time.perf_counter()
+        return self.core.store()
 
     # -- BaseCache --------------------------------------------------------------------------
 
     def lookup(self, prompt: str, llm_string: str) -> Optional[Sequence[Generation]]:
         """The cached generations, or ``None`` (``CacheMiss`` in offline mode)."""
-        mode = current_mode()
+        core = self.core
+        mode = core.current_mode()
         if mode is Mode.OFF:
+            core.bypass(FUNCTION_ID)
             return None
         key = self.key(prompt, llm_string)
-        store = self.store()
-        generations = self._read(store, key) if store is not None and mode.reads else None
-        if generations is None:
-            self._miss(store, key, mode, prompt)
-        return generations
+        store = core.store(create=mode.writes)
+        value = core.lookup(store, FUNCTION_ID, key) if store is not None and mode.reads else MISSING
+        if value is not MISSING:
+            try:
+                return _revive(value)
+            except (ValueError, TypeError, KeyError) as exc:
+                where = store.location if store is not None else "?"
+                warn_once(where, "corrupt", f"memollm: unreadable LangChain cache entry {key} in {where} ({exc}); calling the model")
+        core.note_miss(store, FUNCTION_ID, key, observers.OFFLINE_MISS if mode is Mode.OFFLINE else observers.MISS)
+        if mode is Mode.OFFLINE:
+            shown = prompt if len(prompt) <= 80 else prompt[:77] + "..."
+            raise core.miss_error(store, FUNCTION_ID, key, what=f"prompt {shown!r}")
+        with self._lock:
+            if len(self._pending) >= _MAX_PENDING:
+                self._pending.clear()
+            self._pending[key] = time.perf_counter()
+        return None
 
     def update(self, prompt: str, llm_string: str, return_val: Sequence[Generation]) -> None:
         """Store the generations (not in the readonly, offline and off modes)."""
-        if not current_mode().writes:
+        core = self.core
+        if not core.current_mode().writes:
             return
         key = self.key(prompt, llm_string)
         with self._lock:
             started = self._pending.pop(key, None)
-        store = self.store()
+        store = core.store()
         if store is None:
             return
-        now = time.time()
         duration = 0.0 if started is None else time.perf_counter() - started
-        meta = EntryMeta(FUNCTION_ID, key, now, None if self.ttl is None else now + self.ttl, duration, KIND_VALUE, _tokens(return_val))
-        try:
-            data = encode_value(meta, dumpd(list(return_val)), self.secret)
-        except UnencodableValue as exc:
-            warn_once(FUNCTION_ID, "unencodable", f"memollm: LangChain generations could not be cached: {exc}")
-            return
-        try:
-            store.set(meta, data)
-        except Exception as exc:
-            warn_once(store.location, "write", f"memollm: cannot write to the cache at {store.location} ({exc}); results are returned but not cached")
+        request = _request(prompt, llm_string)
+        core.save(store, FUNCTION_ID, key, dumpd(list(return_val)), duration, request, tokens=_tokens(return_val))
 
     def clear(self, **kwargs: Any) -> None:
         """Remove this adapter's entries (and only those) from the store in use."""
-        store = self.store()
-        if store is not None:
-            store.clear(FUNCTION_ID)
+        self.core.clear(FUNCTION_ID)
         with self._lock:
             self._pending.clear()
 
@@ -207,9 +148,14 @@ class MemollmCache(BaseCache):
 
     async def _run(self, func: Any, *args: Any) -> Any:
         """Run a store operation off the event loop (the memory store is fast enough to run inline)."""
-        if isinstance(self.fixed_store, MemoryStore):
+        if isinstance(self.core.fixed_store, MemoryStore):
             return func(*args)
         return await asyncio.to_thread(func, *args)  # copies the context: cache_mode() applies
+
+
+def _request(prompt: str, llm_string: str) -> Any:
+    """What an entry is keyed on, and records as its request."""
+    return keys.normalize({"prompt": prompt, "llm_string": llm_string}, "the prompt")
 
 
 def _revive(value: Any) -> list[Generation]:

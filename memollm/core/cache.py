@@ -1,0 +1,502 @@
+"""The cache itself, for any front door: lookup, verification, expiry, single flight, storing.
+
+A front door (``cache_llm``, ``memollm.http``'s transports, the LangChain adapter) computes a key
+for what it caches, under a function identity (``module.qualname``, ``http:POST host/path``...),
+then asks a ``Cache``. One call::
+
+    mode = cache.current_mode()                      # off: the front door calls through
+    store = cache.store(create=mode.writes)
+    value = cache.lookup(store, function, key)       # a hit: the value, or a recorded Stream
+    value, release = cache.acquire(mode, store, function, key)   # a miss: lead, or wait for the leader
+    ... call the provider ...
+    cache.save(...)  or  cache.finisher(...)(recorder, result)   # then release()
+
+Nothing here knows what a Python function or an HTTP request is.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Callable, Optional
+
+import msgpack
+
+from .. import flight, observers, otel, prices, streams
+from ..codec import UndecodableValue, UnencodableValue, decode, decode_for_display
+from ..config import cache_dir_for, disk_store, is_open
+from ..entry import KIND_STREAM, KIND_VALUE, CorruptEntry, EntryMeta, decode_body, encode_value, pack_entry, read_meta
+from ..errors import CacheMiss
+from ..keys import KEY_FORMAT
+from ..modes import Mode, current_mode
+from ..report import warn_once, warn_uncacheable
+from ..stats import CacheInfo, Counters, Usage, tokens_of, usage_of
+from ..stores.base import Store
+from ..trust import UntrustedCacheDir
+from . import samples
+from .options import CacheOptions
+
+MISSING: Any = object()
+"""What ``lookup`` and ``acquire`` return for "no usable entry"."""
+
+_READWRITE = Mode.READWRITE
+VERIFIED_BYTES_MAX = 32 * 2**20
+"""Bytes of verified entries remembered per process (their checksum and signature are not
+checked again while the store hands back the very same bytes)."""
+VERIFIED_ITEM_MAX = 2**20
+"""Larger entries are verified at every hit: stores do not keep them in memory either."""
+
+# key -> (entry bytes, meta, body, is a plain value, secret it was verified with)
+_verified: dict[str, tuple[bytes, EntryMeta, memoryview, bool, Optional[bytes]]] = {}
+_verified_bytes = [0]
+
+
+def _noop() -> None:
+    return None
+
+
+class Cache:
+    """One front door's cache: its options, its counters, and every step of a cached call."""
+
+    def __init__(self, options: CacheOptions, owner: str, identity: list[Any], function: Optional[str] = None) -> None:
+        self.options = options
+        #: The one function this cache serves (a decorated function), or ``None`` for a front door
+        #: that caches several (the HTTP transports): each then also gets counters of its own.
+        self.function = function
+        self.by_function: dict[str, Counters] = {}
+        self.owner = owner  #: names the front door in messages ("cache_llm", "CachingTransport"...)
+        self.identity = [KEY_FORMAT, *identity]  #: what keys are made of besides the request (recorded in entries)
+        self.ttl = options.ttl
+        self.mode = options.mode
+        self.fixed_store = options.store
+        self.allow_pickle = options.allow_pickle
+        self.secret = options.secret
+        self.realtime = options.realtime
+        self.cache_if = options.cache_if
+        self.record_request = options.record_request
+        self.samples = options.samples
+        self.counters = Counters()
+        self.sampler = samples.Sampler(options.samples) if options.samples else None
+        otel.register(self)
+
+    def current_mode(self) -> Mode:
+        return current_mode(self.mode)
+
+    # -- store ----------------------------------------------------------------------------
+
+    def store(self, create: bool = True) -> Optional[Store]:
+        """The store for this call, or ``None`` if it cannot be opened (reported once), or if
+        its cache dir does not exist and ``create`` is false (nothing to read there)."""
+        if self.fixed_store is not None:
+            return self.fixed_store
+        path = cache_dir_for(self.options.cache_dir)
+        if not create and not is_open(path) and not os.path.isdir(path):
+            return None
+        try:
+            return disk_store(path, self.options.max_size)
+        except Exception as exc:
+            warn_once(path, "open", f"memollm: cannot use the cache dir {path} ({exc}); calls go to the provider uncached")
+            return None
+
+    def lookup(self, store: Store, function: str, key: str) -> Any:
+        """The cached value (a ``Stream`` for a recorded stream), or ``MISSING`` (absent,
+        expired, unreadable). A hit is counted here."""
+        try:
+            data = store.get(function, key)
+        except Exception as exc:
+            report(store, "read", f"memollm: cannot read the cache at {store.location} ({exc}); treating lookups as misses", exc)
+            return MISSING
+        if data is None:
+            return MISSING
+        try:
+            verified = _verified.get(key)
+            if verified is None or verified[0] is not data or verified[4] is not self.secret:
+                verified = self._verify(key, data)  # else: the very bytes verified before
+            meta = verified[1]
+            if (meta.expires is not None or self.ttl is not None) and self.expired(meta):
+                return MISSING
+            value = decode(verified[2], self.allow_pickle) if verified[3] else decode_body(meta, verified[2], self.allow_pickle)
+        except (CorruptEntry, UndecodableValue) as exc:
+            warn_once(store.location, "corrupt", f"memollm: unreadable cache entry {key} in {store.location} ({exc}); recomputing it")
+            return MISSING
+        counters = self.counters  # lock-free, inlined: see Counters
+        counters.hits += 1
+        counters.seconds_saved += meta.duration
+        counters.tokens_saved += meta.tokens
+        usage = meta.usage
+        if usage is not None:
+            saved = counters.saved
+            saved[usage] = saved.get(usage, 0) + 1
+        if function is not self.function:
+            self.counters_of(function).hit(meta.duration, meta.tokens, usage)
+        note_hit = getattr(store, "note_hit", None)
+        if note_hit is not None:
+            note_hit(meta)
+        if observers.read_observers:  # observe() blocks and the pytest plugin
+            observers.notify_read(store, meta)
+        return value
+
+    def counters_of(self, function: str) -> Counters:
+        """The counters of one of the functions a multi-function front door caches."""
+        counters = self.by_function.get(function)
+        if counters is None:
+            counters = self.by_function.setdefault(function, Counters())
+        return counters
+
+    def _verify(self, key: str, data: bytes) -> tuple[bytes, EntryMeta, memoryview, bool, Optional[bytes]]:
+        """Check an entry's integrity (and signature); small entries are remembered by the
+        identity of their bytes, within ``VERIFIED_BYTES_MAX`` per process."""
+        meta, body = read_meta(data, self.secret)
+        if meta.key != key:
+            raise CorruptEntry(f"entry holds key {meta.key}, not {key}")
+        verified = (data, meta, body, meta.kind == KIND_VALUE, self.secret)
+        size = len(data)
+        if size <= VERIFIED_ITEM_MAX:
+            previous = _verified.pop(key, None)
+            if previous is not None:
+                _verified_bytes[0] -= len(previous[0])
+            if _verified_bytes[0] + size > VERIFIED_BYTES_MAX:
+                _verified.clear()
+                _verified_bytes[0] = 0
+            _verified[key] = verified
+            _verified_bytes[0] += size
+        return verified
+
+    def expired(self, meta: EntryMeta) -> bool:
+        """Past the expiry written with the entry, or past a since-shortened ``ttl``."""
+        now = time.time()
+        return meta.expired(now) or (self.ttl is not None and now >= meta.created + self.ttl)
+
+    # -- misses ---------------------------------------------------------------------------
+
+    def note_miss(self, store: Optional[Store], function: str, key: str, outcome: str = observers.MISS, sample: Optional[int] = None) -> None:
+        """Count a lookup that goes to the provider, or fails offline (``outcome`` then
+        ``observers.OFFLINE_MISS``, which is what ``observe()`` records)."""
+        self.counters.miss()
+        if function is not self.function:
+            self.counters_of(function).miss()
+        note_miss = getattr(store, "note_miss", None)
+        if note_miss is not None:
+            note_miss(function)
+        if observers.miss_observers:
+            observers.notify_miss(store, function, key)
+        if observers.watching:
+            observers.record(function, key, outcome, sample)
+
+    def bypass(self, function: str) -> None:
+        """A call passed through uncached (mode off, arguments the function rejects): only
+        ``observe()`` blocks hear of it."""
+        if observers.watching:
+            observers.record(function, None, observers.BYPASS)
+
+    def miss_error(self, store: Optional[Store], function: str, key: str, what: str = "", detail: str = "") -> CacheMiss:
+        """The offline ``CacheMiss``: what was asked (``what``, e.g. a method and URL), where it
+        was looked for, why the cache dir could not be used, how to record it, and ``detail``
+        (what the nearest entry differs in)."""
+        where = store.location if store is not None else cache_dir_for(self.options.cache_dir)
+        problem = ""
+        if store is None and not os.path.isdir(where):
+            problem = " (the cache dir does not exist)"
+        elif store is None:
+            try:
+                disk_store(where, self.options.max_size)
+            except Exception as exc:
+                problem = f" (the cache dir cannot be used: {exc})"
+        asked = f" ({what})" if what else ""
+        message = (
+            f"memollm: no cached entry for {function}{asked} (key {key}) in {where}{problem}, and the cache mode is "
+            "'offline'. Record it by running this call once with the cache mode 'readwrite' "
+            "(MEMOLLM_MODE=readwrite, or --memollm-mode=readwrite under pytest) and provider access, "
+            "then commit or copy the cache dir."
+        )
+        if detail:
+            message += "\n" + detail
+        return CacheMiss(message, function=function, key=key, cache_dir=where)
+
+    # -- single flight --------------------------------------------------------------------
+
+    def acquire(self, mode: Mode, store: Optional[Store], function: str, key: str) -> tuple[Any, Callable[[], None]]:
+        """Lead the computation of ``key`` (``(MISSING, release)``) or get what a leader stored."""
+        if mode is not _READWRITE or store is None:
+            return MISSING, _noop
+        flight_key = f"{store.location}\0{key}"
+        deadline = time.monotonic() + flight.DEFAULT_TIMEOUT
+        while True:
+            leader, event = flight.FLIGHTS.lead(flight_key)
+            if leader:
+                break
+            event.wait(max(0.0, deadline - time.monotonic()))
+            value = self.lookup(store, function, key)
+            if value is not MISSING or time.monotonic() >= deadline:
+                return value, _noop
+        try:
+            acquire_lock = getattr(store, "acquire_lock", None)
+            if acquire_lock is not None:  # a store with its own cross-machine lock (Redis)
+                lock = acquire_lock(key, deadline)
+            else:
+                lock_path = getattr(store, "lock_path", _no_lock_path)(key)
+                lock = flight.lock_file(lock_path, deadline) if lock_path else None
+        except Exception as exc:
+            self._no_lock(store, exc)
+            lock = None
+        except BaseException:  # interrupted: the in-process waiters must not wait for us
+            flight.FLIGHTS.land(flight_key, event)
+            raise
+        return self._after_lock(store, function, key, flight_key, event, lock)
+
+    async def acquire_async(self, mode: Mode, store: Optional[Store], function: str, key: str) -> tuple[Any, Callable[[], None]]:
+        """``acquire`` for coroutines: waiting never blocks the event loop."""
+        if mode is not _READWRITE or store is None:
+            return MISSING, _noop
+        flight_key = f"{store.location}\0{key}"
+        deadline = time.monotonic() + flight.DEFAULT_TIMEOUT
+        while True:
+            leader, event = flight.FLIGHTS.lead(flight_key)
+            if leader:
+                break
+            await flight.wait_async(event, max(0.0, deadline - time.monotonic()))
+            value = self.lookup(store, function, key)
+            if value is not MISSING or time.monotonic() >= deadline:
+                return value, _noop
+        try:
+            acquire_lock_async = getattr(store, "acquire_lock_async", None)
+            if acquire_lock_async is not None:
+                lock = await acquire_lock_async(key, deadline)
+            else:
+                lock_path = getattr(store, "lock_path", _no_lock_path)(key)
+                lock = await flight.lock_file_async(lock_path, deadline) if lock_path else None
+        except Exception as exc:
+            self._no_lock(store, exc)
+            lock = None
+        except BaseException:  # cancelled (a timeout around the call): the other tasks must not wait for us
+            flight.FLIGHTS.land(flight_key, event)
+            raise
+        return self._after_lock(store, function, key, flight_key, event, lock)
+
+    def _no_lock(self, store: Store, exc: Exception) -> None:
+        # Reported as a write problem: a store that refuses locks (full, read-only) refuses the
+        # write that follows as well, and that is one problem, reported once.
+        report(store, "write", f"memollm: cannot lock entries in {store.location} ({exc}); results are returned, but may not be cached, and identical concurrent calls may each reach the provider", exc)
+
+    def _after_lock(self, store: Store, function: str, key: str, flight_key: str, event: Any, lock: Any) -> tuple[Any, Callable[[], None]]:
+        released: list[bool] = []
+
+        def release() -> None:
+            if not released:
+                released.append(True)
+                if lock is not None:
+                    lock.release()
+                flight.FLIGHTS.land(flight_key, event)
+
+        try:
+            value = self.lookup(store, function, key) if lock is not None else MISSING  # another process may have filled it
+        except BaseException:
+            release()
+            raise
+        if value is not MISSING:
+            release()
+            return value, _noop
+        return MISSING, release
+
+    # -- storing --------------------------------------------------------------------------
+
+    def deserves(self, function: str, subject: Any) -> bool:
+        """Whether ``cache_if`` lets a result be stored (a predicate that raises: warn, no)."""
+        if self.cache_if is None:
+            return True
+        try:
+            return bool(self.cache_if(subject))
+        except Exception as exc:
+            warn_once(function, "cache_if", f"memollm: the cache_if predicate of {function} raised {type(exc).__name__}: {exc}; the result was returned but not stored")
+            return False
+
+    def new_meta(
+        self, function: str, key: str, duration: float, tokens: int, kind: str, request: Any = None, sample: Optional[int] = None, usage: Optional[Usage] = None
+    ) -> EntryMeta:
+        now = time.time()
+        expires = None if self.ttl is None else now + self.ttl
+        recorded = request if self.record_request else None
+        return EntryMeta(function, key, now, expires, duration, kind, tokens, request=recorded, identity=self.identity, sample=sample, usage=usage)
+
+    def save(
+        self,
+        store: Store,
+        function: str,
+        key: str,
+        value: Any,
+        duration: float,
+        request: Any = None,
+        sample: Optional[int] = None,
+        subject: Any = MISSING,
+        tokens: Optional[int] = None,
+        usage: Any = MISSING,
+    ) -> None:
+        """Store a value (``subject``, default the value, is what ``cache_if`` judges; ``tokens``
+        and ``usage``, default those the value reports, what a hit saves); unstorable values and
+        failed writes warn, never raise."""
+        if not self.deserves(function, value if subject is MISSING else subject):
+            return
+        used = tokens_of(value) if tokens is None else tokens
+        meta = self.new_meta(function, key, duration, used, KIND_VALUE, request, sample, usage_of(value) if usage is MISSING else usage)
+        try:
+            data = encode_value(meta, value, self.secret, self.allow_pickle)
+        except UnencodableValue as exc:
+            kind = type(value).__qualname__
+            warn_uncacheable(function, "unencodable:" + kind, f"memollm: {function} returned a value of type {kind} that was not cached: {exc}")
+            return
+        self.write(store, meta, data)
+
+    def write(self, store: Store, meta: EntryMeta, data: bytes) -> None:
+        try:
+            store.set(meta, data)
+        except Exception as exc:
+            report(store, "write", f"memollm: cannot write to the cache at {store.location} ({exc}); results are returned but not cached", exc)
+
+    def recorder(self) -> streams.Recorder:
+        """What records a stream on a miss."""
+        return streams.Recorder(self.options.max_stream_size, self.allow_pickle)
+
+    def finisher(
+        self,
+        mode: Mode,
+        store: Optional[Store],
+        function: str,
+        key: str,
+        release: Callable[[], None],
+        request: Any = None,
+        sample: Optional[int] = None,
+        subject: Optional[Callable[[streams.Recorder, Any], Any]] = None,
+    ) -> streams.Finish:
+        """The callback that stores a completed stream (once) and ends the flight.
+
+        ``subject(recorder, result)`` gives what ``cache_if`` judges (default: the chunks).
+        """
+        done: list[bool] = []
+
+        def finish(recorder: Optional[streams.Recorder], result: Any) -> None:
+            if done:
+                return
+            done.append(True)
+            try:
+                if recorder is not None and store is not None and mode.writes:
+                    self.save_stream(store, function, key, recorder, result, request, sample, subject)
+            finally:
+                release()
+
+        return finish
+
+    def save_stream(
+        self,
+        store: Store,
+        function: str,
+        key: str,
+        recorder: streams.Recorder,
+        result: Any,
+        request: Any = None,
+        sample: Optional[int] = None,
+        subject: Optional[Callable[[streams.Recorder, Any], Any]] = None,
+    ) -> None:
+        if recorder.problem is not None:
+            warn_uncacheable(function, "stream:" + recorder.problem[:40], f"memollm: a stream of {function} was passed through but not cached: {recorder.problem}")
+            return
+        meta = self.new_meta(function, key, recorder.duration, recorder.usage.tokens(), KIND_STREAM, request, sample, recorder.usage.usage())
+        try:
+            body = recorder.body(result)
+        except UnencodableValue as exc:
+            warn_uncacheable(function, "stream-result", f"memollm: the return value of a stream of {function} cannot be stored: {exc}")
+            return
+        if self.cache_if is not None:
+            judged = subject(recorder, result) if subject is not None else _recorded_chunks(body)
+            if not self.deserves(function, judged):
+                return
+        self.write(store, meta, pack_entry(meta, body, self.secret))
+
+    # -- samples ----------------------------------------------------------------------------
+
+    def sample_key(self, key: str) -> tuple[str, Optional[int]]:
+        """The entry key of this call's sample of ``key`` (``samples=N``), and its index."""
+        if self.sampler is None:
+            return key, None
+        index = self.sampler.next_index(key)
+        return samples.sample_key(key, index), index
+
+    def recorded_samples(self, store: Optional[Store], function: str, key: str) -> int:
+        """How many of the ``samples`` of the request keyed ``key`` are stored (offline messages)."""
+        if store is None or self.samples is None:
+            return 0
+        count = 0
+        for index in range(self.samples):
+            try:
+                if store.get(function, samples.sample_key(key, index)) is not None:
+                    count += 1
+            except Exception:
+                pass
+        return count
+
+    # -- management -----------------------------------------------------------------------
+
+    def info(self, functions: Callable[[str], bool]) -> CacheInfo:
+        """This front door's counters, and the entries of the functions ``functions`` accepts."""
+        store = self.store(create=False)
+        entries, size = 0, 0
+        if store is not None:
+            try:
+                for meta in store.entries():
+                    if functions(meta.function):
+                        entries += 1
+                        size += meta.size
+            except Exception as exc:
+                report(store, "list", f"memollm: cannot list the cache at {store.location} ({exc})", exc)
+        c = self.counters
+        return CacheInfo(c.hits, c.misses, entries, size, c.seconds_saved, c.tokens_saved, prices.total(dict(c.saved)))
+
+    def clear(self, function: Optional[str]) -> None:
+        """Remove the entries of ``function`` and reset the counters."""
+        store = self.store(create=False)
+        if store is not None:
+            try:
+                store.clear(function)
+            except Exception as exc:
+                report(store, "clear", f"memollm: cannot clear the cache at {store.location} ({exc})", exc)
+        self.counters.reset()
+        for name, counters in list(self.by_function.items()):
+            if function is None or name == function:
+                counters.reset()
+
+    def delete(self, function: str, key: str) -> bool:
+        """Remove one entry; True if it existed."""
+        store = self.store(create=False)
+        if store is None:
+            return False
+        try:
+            return store.delete(function, key)
+        except Exception as exc:
+            report(store, "delete", f"memollm: cannot delete from the cache at {store.location} ({exc})", exc)
+            return False
+
+
+def report(store: Store, problem: str, message: str, exc: BaseException) -> None:
+    """Report a store failure once; an unreachable store (Redis down) or a dir that became untrusted
+    is one problem, whatever failed."""
+    if isinstance(exc, ConnectionError):
+        problem = "unavailable"
+    elif isinstance(exc, UntrustedCacheDir):
+        problem = "untrusted"
+    warn_once(store.location, problem, message)
+
+
+def request_tree(packed: bytes) -> Any:
+    """The request as recorded in entries, from the packed form that was hashed into the key."""
+    return msgpack.unpackb(packed, raw=False, strict_map_key=False)
+
+
+def _recorded_chunks(body: "bytes | bytearray") -> list[Any]:
+    """The chunks of a recorded stream body, decoded (what ``cache_if`` judges for a stream)."""
+    try:
+        return list(decode(memoryview(body))[0])
+    except UndecodableValue:  # classes that cannot be revived here: judge their data
+        return list(decode_for_display(memoryview(body))[0])
+
+
+def _no_lock_path(key: str) -> None:
+    return None
