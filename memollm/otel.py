@@ -67,33 +67,25 @@ def _set_up() -> bool:
 
 
 def _totals() -> dict[str, list[Any]]:
-    """Per function: hits, misses, seconds, tokens, hits per usage, summed over the caches."""
+    """Per function: hits, misses, seconds, tokens and dollars (``None``: no price table), summed
+    over the caches."""
     per: dict[str, list[Any]] = {}
     for cache in list(_caches):
         counted: list[tuple[str, Counters]] = [(cache.function, cache.counters)] if cache.function is not None else []
         counted += list(cache.by_function.items())
         for function, counters in counted:
-            hits, misses, seconds, tokens, saved = counters.totals()
-            mine = per.setdefault(function, [0, 0, 0.0, 0, {}])
-            mine[0] += hits
-            mine[1] += misses
-            mine[2] += seconds
-            mine[3] += tokens
-            for usage, n in saved.items():
-                mine[4][usage] = mine[4].get(usage, 0) + n
+            totals = counters.totals()
+            mine = per.setdefault(function, [0, 0, 0.0, 0, 0.0])
+            for i in range(4):
+                mine[i] += totals[i]
+            mine[4] = None if totals[4] is None or mine[4] is None else mine[4] + totals[4]
     return per
 
 
 def _reporter(field: int, observation: Any) -> Any:
     def report(options: Any) -> Iterator[Any]:
         for function, values in _totals().items():
-            value = values[field]
-            if field == 4:
-                from .prices import total
-
-                value = total(value)
-                if value is None:  # no price table: report no dollars rather than a false zero
-                    continue
-            yield observation(value, {FUNCTION_ATTRIBUTE: function})
+            if values[field] is not None:  # no price table: no dollars rather than a false zero
+                yield observation(values[field], {FUNCTION_ATTRIBUTE: function})
 
     return report

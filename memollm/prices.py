@@ -38,11 +38,16 @@ def _calculator() -> Any:
 def available() -> bool:
     """Whether a price table is installed (``pip install 'memollm[prices]'``), without importing it."""
     if _calc is None:
-        try:
-            return importlib.util.find_spec("genai_prices") is not None
-        except (ImportError, ValueError):
-            return False
+        return _installed()
     return _calc is not False
+
+
+@functools.lru_cache(maxsize=None)
+def _installed() -> bool:
+    try:
+        return importlib.util.find_spec("genai_prices") is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def source() -> Optional[str]:

@@ -45,40 +45,48 @@ class Usage:
         return (self.model, self.input, self.output, self.cache_read, self.cache_write)
 
 
-class Counters:
-    """Hit/miss counters of one decorated function (this process).
+SAVED_MAX = 4096
+"""Distinct usages a ``Counters`` keeps unpriced; beyond, they are priced in the background."""
 
-    Hits are counted on the hit path without the lock (``_Engine.lookup``): an attribute ``+=``
+
+class Counters:
+    """Hit/miss counters of one cached function (this process).
+
+    Hits are counted on the hit path without the lock (``Cache.lookup``): an attribute ``+=``
     is not interrupted by a thread switch in CPython 3.11+ (no eval-breaker check in between);
     at worst, on older or free-threaded builds, a concurrent hit goes uncounted. Nothing else
     depends on these numbers.
 
-    ``saved`` counts hits per token usage (priced when asked, see ``memollm.prices``).
-    ``reset`` (``cache_clear``) keeps what was counted before in ``lifetime``, so monotonic
-    consumers (the OpenTelemetry counters) never see a total go down.
+    Dollars: ``saved`` counts hits per token usage, priced when asked (``memollm.prices``: the
+    table is loaded then, never on the hit path). It holds at most ``SAVED_MAX`` usages: then
+    they are priced by a short background thread into ``folded``, so memory stays bounded.
+    ``reset`` (``cache_clear``) keeps what was counted before, so monotonic consumers (the
+    OpenTelemetry counters, ``totals``) never see a total go down.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self.lifetime: tuple[int, int, float, int] = (0, 0, 0.0, 0)  # hits, misses, seconds, tokens before the last reset
-        self.lifetime_saved: dict[Usage, int] = {}
+        self._generation = 0  # bumped by reset: prices computed for an older one count as "before"
+        self._before: tuple[int, int, float, int] = (0, 0, 0.0, 0)  # hits, misses, seconds, tokens
+        self._before_dollars = 0.0
         self.hits = 0
         self.misses = 0
         self.seconds_saved = 0.0
         self.tokens_saved = 0
         self.saved: dict[Usage, int] = {}
+        self.folded = 0.0
 
     def reset(self) -> None:
         with self._lock:
-            h, m, sec, t = self.lifetime
-            self.lifetime = (h + self.hits, m + self.misses, sec + self.seconds_saved, t + self.tokens_saved)
-            for usage, hits in list(self.saved.items()):
-                self.lifetime_saved[usage] = self.lifetime_saved.get(usage, 0) + hits
-            self.hits = 0
-            self.misses = 0
-            self.seconds_saved = 0.0
-            self.tokens_saved = 0
+            h, m, sec, t = self._before
+            self._before = (h + self.hits, m + self.misses, sec + self.seconds_saved, t + self.tokens_saved)
+            self._before_dollars += self.folded
+            saved = self.saved
+            self._generation += 1
+            self.hits = self.misses = self.tokens_saved = 0
+            self.seconds_saved = self.folded = 0.0
             self.saved = {}
+        self._price_later(saved, -1)
 
     def miss(self) -> None:
         with self._lock:
@@ -90,16 +98,52 @@ class Counters:
         self.seconds_saved += duration
         self.tokens_saved += tokens
         if usage is not None:
-            self.saved[usage] = self.saved.get(usage, 0) + 1
+            self.saved_hit(usage)
 
-    def totals(self) -> tuple[int, int, float, int, dict[Usage, int]]:
-        """Hits, misses, seconds, tokens and hits per usage since this process started."""
+    def saved_hit(self, usage: Usage) -> None:
+        saved = self.saved
+        saved[usage] = saved.get(usage, 0) + 1
+        if len(saved) > SAVED_MAX:
+            with self._lock:
+                if self.saved is not saved:
+                    return
+                self.saved = {}
+                generation = self._generation
+            self._price_later(saved, generation)
+
+    def _price_later(self, saved: dict[Usage, int], generation: int) -> None:
+        from . import prices
+
+        if saved and prices.available():
+            threading.Thread(target=self._fold, args=(saved, generation), name="memollm-prices", daemon=True).start()
+
+    def _fold(self, saved: dict[Usage, int], generation: int) -> None:
+        from . import prices
+
+        dollars = prices.total(saved) or 0.0
         with self._lock:
-            saved = dict(self.lifetime_saved)
-            for usage, hits in list(self.saved.items()):
-                saved[usage] = saved.get(usage, 0) + hits
-            h, m, sec, t = self.lifetime
-            return h + self.hits, m + self.misses, sec + self.seconds_saved, t + self.tokens_saved, saved
+            if generation == self._generation:
+                self.folded += dollars
+            else:
+                self._before_dollars += dollars
+
+    def dollars(self) -> Optional[float]:
+        """Dollars the hits since the last reset saved; ``None`` without a price table."""
+        from . import prices
+
+        with self._lock:
+            saved, folded = dict(self.saved), self.folded
+        unfolded = prices.total(saved)
+        return None if unfolded is None else folded + unfolded
+
+    def totals(self) -> tuple[int, int, float, int, Optional[float]]:
+        """Hits, misses, seconds, tokens and dollars saved since this process started."""
+        with self._lock:
+            h, m, sec, t = self._before
+            counts = (h + self.hits, m + self.misses, sec + self.seconds_saved, t + self.tokens_saved)
+            before = self._before_dollars
+        dollars = self.dollars()
+        return (*counts, None if dollars is None else before + dollars)
 
 
 def _field(obj: Any, name: str) -> Any:

@@ -305,3 +305,31 @@ def test_without_genai_prices_there_are_no_dollars_and_nothing_breaks(tmp_path):
     assert stats.returncode == 0, stats.stderr
     (figures,) = json.loads(stats.stdout)["functions"].values()
     assert figures["dollars_saved"] is None and figures["tokens_saved"] == 3 * 2300
+
+
+def test_many_distinct_usages_stay_bounded_and_all_priced(tmp_path, monkeypatch):
+    """Beyond SAVED_MAX distinct usages the counters price them in the background: memory stays
+    bounded, and no dollar is lost (nor counted twice across cache_clear)."""
+    from memollm import stats
+
+    monkeypatch.setattr(stats, "SAVED_MAX", 8)
+
+    @cache_llm(store="memory", version="bounded")
+    def chat(n: int) -> dict:
+        return {"model": GPT, "usage": {"prompt_tokens": 100 + n, "completion_tokens": 10}}
+
+    for n in range(30):
+        chat(n), chat(n)
+    expected = sum(dollars(GPT, input_tokens=100 + n, output_tokens=10) for n in range(30))
+    deadline = time.monotonic() + 20
+    while chat.cache_info().dollars_saved != pytest.approx(expected) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert chat.cache_info().dollars_saved == pytest.approx(expected)
+    engine = chat._self_engine
+    assert len(engine.cache.counters.saved) <= 8
+    chat.cache_clear()
+    assert chat.cache_info().dollars_saved == 0
+    deadline = time.monotonic() + 20
+    while engine.cache.counters.totals()[4] != pytest.approx(expected) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert engine.cache.counters.totals()[4] == pytest.approx(expected)  # the monotonic total keeps them

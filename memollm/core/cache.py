@@ -22,7 +22,7 @@ from typing import Any, Callable, Optional
 
 import msgpack
 
-from .. import flight, observers, otel, prices, streams
+from .. import flight, observers, otel, streams
 from ..codec import UndecodableValue, UnencodableValue, decode, decode_for_display
 from ..config import cache_dir_for, disk_store, is_open
 from ..entry import KIND_STREAM, KIND_VALUE, CorruptEntry, EntryMeta, decode_body, encode_value, pack_entry, read_meta
@@ -125,8 +125,7 @@ class Cache:
         counters.tokens_saved += meta.tokens
         usage = meta.usage
         if usage is not None:
-            saved = counters.saved
-            saved[usage] = saved.get(usage, 0) + 1
+            counters.saved_hit(usage)
         if function is not self.function:
             self.counters_of(function).hit(meta.duration, meta.tokens, usage)
         note_hit = getattr(store, "note_hit", None)
@@ -448,7 +447,7 @@ class Cache:
             except Exception as exc:
                 report(store, "list", f"memollm: cannot list the cache at {store.location} ({exc})", exc)
         c = self.counters
-        return CacheInfo(c.hits, c.misses, entries, size, c.seconds_saved, c.tokens_saved, prices.total(dict(c.saved)))
+        return CacheInfo(c.hits, c.misses, entries, size, c.seconds_saved, c.tokens_saved, c.dollars())
 
     def clear(self, function: Optional[str]) -> None:
         """Remove the entries of ``function`` and reset the counters."""
