@@ -57,9 +57,10 @@ class Counters:
     at worst, on older or free-threaded builds, a concurrent hit goes uncounted. Nothing else
     depends on these numbers.
 
-    Dollars: ``saved`` counts hits per token usage, priced when asked (``memollm.prices``: the
-    table is loaded then, never on the hit path). It holds at most ``SAVED_MAX`` usages: then
-    they are priced by a short background thread into ``folded``, so memory stays bounded.
+    Dollars: ``saved`` counts hits per entry key, with the entry's token usage (``[usage, hits]``:
+    a string key hashes for free, a ``Usage`` does not), priced when asked (``memollm.prices``:
+    the table is loaded then, never on the hit path). It holds at most ``SAVED_MAX`` entries:
+    then they are priced by a short background thread into ``folded``, so memory stays bounded.
     ``reset`` (``cache_clear``) keeps what was counted before, so monotonic consumers (the
     OpenTelemetry counters, ``totals``) never see a total go down.
     """
@@ -73,7 +74,7 @@ class Counters:
         self.misses = 0
         self.seconds_saved = 0.0
         self.tokens_saved = 0
-        self.saved: dict[Usage, int] = {}
+        self.saved: dict[str, list[Any]] = {}  # entry key -> [usage, hits]
         self.folded = 0.0
 
     def reset(self) -> None:
@@ -92,17 +93,22 @@ class Counters:
         with self._lock:
             self.misses += 1
 
-    def hit(self, duration: float, tokens: int, usage: Optional[Usage]) -> None:
+    def hit(self, key: str, duration: float, tokens: int, usage: Optional[Usage]) -> None:
         """Count a hit (the core's hit path counts inline, as this does)."""
         self.hits += 1
         self.seconds_saved += duration
         self.tokens_saved += tokens
         if usage is not None:
-            self.saved_hit(usage)
+            entry = self.saved.get(key)
+            if entry is None:
+                self.first_saved(key, usage)
+            else:
+                entry[1] += 1
 
-    def saved_hit(self, usage: Usage) -> None:
+    def first_saved(self, key: str, usage: Usage) -> None:
+        """The first hit of an entry with usage since the last reset (or fold)."""
         saved = self.saved
-        saved[usage] = saved.get(usage, 0) + 1
+        saved[key] = [usage, 1]
         if len(saved) > SAVED_MAX:
             with self._lock:
                 if self.saved is not saved:
@@ -111,16 +117,16 @@ class Counters:
                 generation = self._generation
             self._price_later(saved, generation)
 
-    def _price_later(self, saved: dict[Usage, int], generation: int) -> None:
+    def _price_later(self, saved: dict[str, list[Any]], generation: int) -> None:
         from . import prices
 
         if saved and prices.available():
             threading.Thread(target=self._fold, args=(saved, generation), name="memollm-prices", daemon=True).start()
 
-    def _fold(self, saved: dict[Usage, int], generation: int) -> None:
+    def _fold(self, saved: dict[str, list[Any]], generation: int) -> None:
         from . import prices
 
-        dollars = prices.total(saved) or 0.0
+        dollars = prices.total(_per_usage(saved)) or 0.0
         with self._lock:
             if generation == self._generation:
                 self.folded += dollars
@@ -132,7 +138,7 @@ class Counters:
         from . import prices
 
         with self._lock:
-            saved, folded = dict(self.saved), self.folded
+            saved, folded = _per_usage(self.saved), self.folded
         unfolded = prices.total(saved)
         return None if unfolded is None else folded + unfolded
 
@@ -144,6 +150,13 @@ class Counters:
             before = self._before_dollars
         dollars = self.dollars()
         return (*counts, None if dollars is None else before + dollars)
+
+
+def _per_usage(saved: dict[str, list[Any]]) -> dict[Usage, int]:
+    per: dict[Usage, int] = {}
+    for usage, hits in list(saved.values()):
+        per[usage] = per.get(usage, 0) + hits
+    return per
 
 
 def _field(obj: Any, name: str) -> Any:
@@ -172,15 +185,16 @@ def _counts(usage: Any) -> Optional[tuple[int, int, int, int]]:
     """``(input, output, cache_read, cache_write)`` of a usage object or dict, input including the
     cached parts; ``None`` if it holds no token counts.
 
-    OpenAI chat: ``prompt_tokens`` (cached ones included, ``prompt_tokens_details.cached_tokens``)
-    and ``completion_tokens``. OpenAI responses: ``input_tokens`` (``input_tokens_details``) and
-    ``output_tokens``. Anthropic: ``input_tokens`` excludes ``cache_read_input_tokens`` and
+    OpenAI chat: ``prompt_tokens`` (cached ones included: ``prompt_tokens_details.cached_tokens``
+    and ``cache_write_tokens``) and ``completion_tokens``. OpenAI responses: ``input_tokens``
+    (``input_tokens_details``) and ``output_tokens``. Anthropic: ``input_tokens`` excludes ``cache_read_input_tokens`` and
     ``cache_creation_input_tokens``, so they are added.
     """
     prompt = _field(usage, "prompt_tokens")
     if isinstance(prompt, int):
-        cached = _int(_field(_field(usage, "prompt_tokens_details"), "cached_tokens"))
-        return prompt, _int(_field(usage, "completion_tokens")), cached, 0
+        details = _field(usage, "prompt_tokens_details")
+        cached, written = _int(_field(details, "cached_tokens")), _int(_field(details, "cache_write_tokens"))
+        return prompt, _int(_field(usage, "completion_tokens")), cached, written
     given = _field(usage, "input_tokens")
     output = _field(usage, "output_tokens")
     if not isinstance(given, int) and not isinstance(output, int):
@@ -189,8 +203,8 @@ def _counts(usage: Any) -> Optional[tuple[int, int, int, int]]:
     if read is not None or written is not None:  # Anthropic
         read, written = _int(read), _int(written)
         return _int(given) + read + written, _int(output), read, written
-    cached = _int(_field(_field(usage, "input_tokens_details"), "cached_tokens"))
-    return _int(given), _int(output), cached, 0
+    details = _field(usage, "input_tokens_details")
+    return _int(given), _int(output), _int(_field(details, "cached_tokens")), _int(_field(details, "cache_write_tokens"))
 
 
 def _model(value: Any) -> Optional[str]:

@@ -20,6 +20,7 @@ import pytest
 from anthropic.types import Message
 from llm_server import FakeLLMServer
 from openai.types.chat import ChatCompletion
+from openai.types.responses import Response, ResponseCompletedEvent
 
 from memollm import cache_llm
 from memollm.entry import EntryMeta, encode_value, read_meta
@@ -104,6 +105,20 @@ def test_usage_of_sdk_objects_and_dicts():
     # The OpenAI Responses API spelling.
     assert usage_of({"model": GPT, "usage": {"input_tokens": 9, "output_tokens": 4, "input_tokens_details": {"cached_tokens": 5}}}) == Usage(GPT, 9, 4, 5)
     assert usage_of({"usage": {"prompt_tokens": 7, "completion_tokens": 3}}) == Usage(None, 7, 3)
+    details = {"cached_tokens": 10, "cache_write_tokens": 30}
+    assert usage_of({"model": GPT, "usage": {"prompt_tokens": 50, "completion_tokens": 3, "prompt_tokens_details": details}}) == Usage(GPT, 50, 3, 10, 30)
+    response = Response.model_validate(
+        {
+            "id": "resp_1", "object": "response", "created_at": 1, "model": GPT, "output": [], "parallel_tool_calls": False,
+            "tool_choice": "auto", "tools": [], "status": "completed",
+            "usage": {"input_tokens": 20, "output_tokens": 7, "total_tokens": 27, "output_tokens_details": {"reasoning_tokens": 0},
+                      "input_tokens_details": {"cached_tokens": 10, "cache_write_tokens": 0}},
+        }
+    )  # fmt: skip
+    assert usage_of(response) == Usage(GPT, 20, 7, 10, 0)
+    tally = UsageTally()
+    tally.add(ResponseCompletedEvent(type="response.completed", response=response, sequence_number=3))
+    assert tally.usage() == Usage(GPT, 20, 7, 10, 0) and tally.tokens() == 27
     assert usage_of("just text") is None
     assert usage_of({"model": GPT, "usage": {}}) is None
 

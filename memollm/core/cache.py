@@ -124,10 +124,14 @@ class Cache:
         counters.seconds_saved += meta.duration
         counters.tokens_saved += meta.tokens
         usage = meta.usage
-        if usage is not None:
-            counters.saved_hit(usage)
+        if usage is not None:  # hits per entry, priced when dollars are asked for
+            saved = counters.saved.get(key)
+            if saved is None:
+                counters.first_saved(key, usage)
+            else:
+                saved[1] += 1
         if function is not self.function:
-            self.counters_of(function).hit(meta.duration, meta.tokens, usage)
+            self.counters_of(function).hit(key, meta.duration, meta.tokens, usage)
         note_hit = getattr(store, "note_hit", None)
         if note_hit is not None:
             note_hit(meta)
