@@ -348,3 +348,19 @@ def test_many_distinct_usages_stay_bounded_and_all_priced(tmp_path, monkeypatch)
     while engine.cache.counters.totals()[4] != pytest.approx(expected) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert engine.cache.counters.totals()[4] == pytest.approx(expected)  # the monotonic total keeps them
+
+
+def test_a_rebuilt_index_has_the_usage_of_every_entry(tmp_path):
+    @cache_llm(cache_dir=tmp_path)
+    def chat(prompt: str) -> ChatCompletion:
+        return openai_completion(GPT, 300, 30, cached=100)
+
+    chat("x")
+    time.sleep(0.3)  # let the usage thread flush
+    for suffix in ("", "-wal", "-shm"):
+        (tmp_path / f"index.sqlite3{suffix}").unlink(missing_ok=True)
+    store = DiskStore(str(tmp_path))
+    try:
+        assert [m.usage for m in store.entries()] == [Usage(GPT, 300, 30, 100, 0)]
+    finally:
+        store.close()
