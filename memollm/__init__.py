@@ -4,6 +4,7 @@ Put ``@cache_llm`` on a helper that calls a provider; identical calls are answer
 cache (streams included), with modes for deterministic, offline test runs.
 """
 
+from .core import Explanation, sample
 from .decorator import CachedFunction, cache_llm
 from .errors import CacheMiss, CacheWarning, UncacheableValueWarning
 from .modes import Mode, cache_mode
@@ -18,10 +19,12 @@ __all__ = [
     "CacheWarning",
     "CachedFunction",
     "CallRecord",
+    "Explanation",
     "Mode",
     "UncacheableValueWarning",
     "cache_llm",
     "cache_mode",
     "observe",
+    "sample",
     "__version__",
 ]

@@ -15,7 +15,8 @@ import wrapt
 
 from . import keys, streams
 from .config import TTL
-from .core import MISSING, Cache, CacheOptions, request_tree, resolve
+from .core import MISSING, Cache, CacheOptions, request_tree, resolve, samples
+from .core import explain as explaining
 from .entry import Stream
 from .errors import CacheMiss
 from .modes import Mode, current_mode
@@ -133,7 +134,7 @@ class _Engine:
                 cache.bypass(self.function_id)
                 return None
             key = maybe_key
-        sample = None
+        sample, base = None, key
         if cache.sampler is not None:
             key, sample = cache.sample_key(key)
         store = cache.store(create=mode.writes)
@@ -145,15 +146,31 @@ class _Engine:
                 cache.bypass(self.function_id)  # a call the function rejects: let it raise its own TypeError
                 return None
             cache.note_miss(store, self.function_id, key, OFFLINE_MISS, sample)
-            raise self.offline_miss(store, key, sample)
+            raise self.offline_miss(store, base, key, sample, self.request(instance, args, kwargs))
         return mode, store, key, value, sample
 
-    def offline_miss(self, store: Optional[Store], key: str, sample: Optional[int]) -> CacheMiss:
-        detail = ""
+    def offline_miss(self, store: Optional[Store], base: str, key: str, sample: Optional[int], request: Any) -> CacheMiss:
+        """The offline ``CacheMiss``, with how the call differs from the nearest recorded entry."""
+        lines = []
         if sample is not None:
-            recorded = self.cache.recorded_samples(store, self.function_id, key)
-            detail = f"samples={self.cache.samples}: {recorded} of them recorded for this request, none as sample {sample}."
-        return self.cache.miss_error(store, self.function_id, key, detail=detail)
+            recorded = self.cache.recorded_samples(store, self.function_id, base)
+            lines.append(f"samples={self.cache.samples}: {recorded} of {self.cache.samples} recorded for this request, not sample {sample}.")
+        try:
+            nearest = explaining.explain(store, self.function_id, key, "miss", self.cache.identity, request, self.cache.record_request).summary()
+        except Exception:  # the message is a courtesy: never let it hide the miss
+            nearest = ""
+        if nearest:
+            lines.append(nearest)
+        return self.cache.miss_error(store, self.function_id, key, detail="\n".join(lines))
+
+    def explain(self, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> explaining.Explanation:
+        """What a call with these arguments would do now, and why (see ``CachedFunction.explain``)."""
+        key = self.key(self.full_args(instance, args), kwargs)
+        sample = None
+        if self.cache.sampler is not None:
+            sample = self.cache.sampler.peek(key)
+            key = samples.sample_key(key, sample)
+        return self.cache.explain(self.function_id, key, self.request(instance, args, kwargs), sample)
 
     def recording(self, result: Any, finish: streams.Finish, is_async: bool) -> Any:
         """A proxy that records a returned stream while it is consumed, the way the function's
@@ -333,6 +350,12 @@ class _CacheMethods(_HasEngine):
         """Remove the entry of a call with these arguments; True if it existed."""
         engine = self._self_engine
         return engine.invalidate(engine.full_args(self._bound_instance(), args), kwargs)
+
+    def explain(self, *args: Any, **kwargs: Any) -> explaining.Explanation:
+        """What a call with these arguments would do now: ``"hit"``, ``"expired"`` or ``"miss"``,
+        and for a miss the nearest recorded entries with what differs (argument paths with both
+        values, a changed source or ``version``, another key format). Calls nothing."""
+        return self._self_engine.explain(self._bound_instance(), args, kwargs)
 
 
 class _BoundCachedFunction(_CacheMethods, wrapt.BoundFunctionWrapper):  # type: ignore[misc]

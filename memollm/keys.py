@@ -397,3 +397,53 @@ class KeyMaker:
     def key_of(self, value: Any) -> str:
         """The key when ``key=`` chose what to key on."""
         return xxhash.xxh3_128_hexdigest(self.prefix + pack_normalized(["key=", value], "the value returned by key="))
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading keyed requests back (entries record them: ``memollm show``, ``explain``)
+
+
+def readable(tree: Any) -> Any:
+    """A normalized tree as plain, printable data: tagged values become strings or
+    ``{"__class__": name, ...}`` maps, bytes become text where they are UTF-8."""
+    if isinstance(tree, msgpack.ExtType):  # (a namedtuple: before tuples)
+        return _readable_ext(tree.code, tree.data)
+    if isinstance(tree, dict):
+        return {_readable_key(k): readable(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return [readable(v) for v in tree]
+    if isinstance(tree, bytes):
+        try:
+            return tree.decode("utf-8")
+        except UnicodeDecodeError:
+            return "0x" + tree.hex()
+    return tree
+
+
+def _readable_key(key: Any) -> Any:
+    value = readable(key)
+    return value if isinstance(value, (str, int, float, bool)) or value is None else repr(value)
+
+
+def _readable_ext(code: int, data: bytes) -> Any:
+    try:
+        if code == TAG_OBJECT:
+            name, inner = msgpack.unpackb(data, raw=False, strict_map_key=False)
+            inner = readable(inner)
+            return {"__class__": name, **inner} if isinstance(inner, dict) else {"__class__": name, "value": inner}
+        if code == TAG_SET:
+            unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
+            unpacker.feed(data)
+            return {"__set__": [readable(v) for v in unpacker]}
+        if code == TAG_CLASS:
+            return {"__type__": readable(msgpack.unpackb(data, raw=False, strict_map_key=False))[0]}
+        if code == TAG_UUID:
+            return str(uuid.UUID(bytes=data))
+        if code in (TAG_TIMEDELTA, TAG_COMPLEX):
+            parts = msgpack.unpackb(data, raw=False)
+            return str(_dt.timedelta(*parts)) if code == TAG_TIMEDELTA else str(complex(*parts))
+        if code == TAG_BIGINT:
+            return int(data.decode())
+        return data.decode()  # datetime, date, time, decimal, path: their text form
+    except Exception:
+        return f"<ext {code}: 0x{data.hex()}>"

@@ -350,7 +350,8 @@ def test_temporary_files_of_dead_writers_are_pruned_soon(tmp_path: Path) -> None
     key = "ab" * 16
     files = {
         "dead, old enough": (f"{key}.{'0' * 32}-{dead_pid}-7", 60),
-        "dead, just written": (f"{key}.{'1' * 32}-{dead_pid}-7", 0),
+        # (dated a little ahead, so a slow start of the prune below cannot age it past the rule)
+        "dead, just written": (f"{key}.{'1' * 32}-{dead_pid}-7", -30),
         "alive, old enough": (f"{key}.{'2' * 32}-{os.getppid()}-7", 60),
     }
     for name, age in files.values():

@@ -16,6 +16,7 @@ Nothing here knows what a Python function or an HTTP request is.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from typing import Any, Callable, Optional
@@ -33,6 +34,7 @@ from ..report import warn_once, warn_uncacheable
 from ..stats import CacheInfo, Counters, Usage, tokens_of, usage_of
 from ..stores.base import Store
 from ..trust import UntrustedCacheDir
+from . import explain as explaining
 from . import samples
 from .options import CacheOptions
 
@@ -435,6 +437,24 @@ class Cache:
             except Exception:
                 pass
         return count
+
+    # -- explaining ------------------------------------------------------------------------
+
+    def explain(self, function: str, key: str, request: Any, sample: Optional[int] = None) -> explaining.Explanation:
+        """What a lookup of ``key`` would do now, and for a miss how ``request`` differs from
+        the nearest recorded entries of ``function``."""
+        mode = self.current_mode()
+        store = self.store(create=False)
+        outcome = explaining.outcome_of(store, function, key, self.secret, self.ttl)
+        found = explaining.explain(store, function, key, outcome, self.identity, request, self.record_request)
+        notes = [found.note] if found.note else []
+        if not mode.reads:
+            notes.append(f"the cache mode is {mode.value!r}: the call would not read the cache")
+        if sample is not None:
+            notes.append(f"sample {sample} of samples={self.samples}")
+        if len(notes) != (1 if found.note else 0):
+            found = dataclasses.replace(found, note="; ".join(notes))
+        return found
 
     # -- management -----------------------------------------------------------------------
 

@@ -43,6 +43,13 @@ class Sampler:
         self._calls: dict[str, int] = {}
         self._lock = threading.Lock()
 
+    def peek(self, key: str) -> int:
+        """The index the next call of ``key`` would get (nothing is counted)."""
+        pinned = _pinned.get()
+        if pinned is not None:
+            return min(pinned, self.samples - 1)
+        return self._calls.get(key, 0) % self.samples
+
     def next_index(self, key: str) -> int:
         pinned = _pinned.get()
         if pinned is not None:

@@ -1,0 +1,112 @@
+"""``memollm why``: explain a call from the command line, given the function's name and its arguments.
+
+The function is imported by name when it can be (``module.qualname``, from the current
+directory), so the answer is exactly ``fn.explain(**arguments)``. When it cannot be imported, the
+arguments are compared with the requests recorded in the cache dir (defaults the call would fill
+in are not known then, which the answer says).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from typing import Any, Optional
+
+from . import keys
+from .config import cache_dir_for, disk_store, use_cache_dir
+from .core import explain as explaining
+from .decorator import CachedFunction
+
+
+class WhyError(ValueError):
+    """The function or the arguments cannot be used (the message says why)."""
+
+
+def why(function: str, arguments: Any, cache_dir: Optional[str] = None) -> explaining.Explanation:
+    """Explain a call of ``function`` with ``arguments`` (a dict of keyword arguments, or a list
+    of positional ones) against the cache dir ``cache_dir`` (default: the one in effect)."""
+    args, kwargs = _split(arguments)
+    cached = _import(function)
+    if cached is not None:
+        if cache_dir is None:
+            return cached.explain(*args, **kwargs)
+        with use_cache_dir(cache_dir):
+            return cached.explain(*args, **kwargs)
+    return _from_recorded(function, args, kwargs, cache_dir)
+
+
+def _split(arguments: Any) -> tuple[list[Any], dict[str, Any]]:
+    if isinstance(arguments, dict):
+        return [], dict(arguments)
+    if isinstance(arguments, list):
+        return list(arguments), {}
+    raise WhyError("--args-json must be a JSON object of keyword arguments or a JSON array of positional arguments")
+
+
+def _import(function: str) -> Optional[CachedFunction]:
+    """The cached function named ``module.qualname``, if it can be imported from here."""
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    parts = function.split(".")
+    for split in range(len(parts) - 1, 0, -1):
+        module_name, attributes = ".".join(parts[:split]), parts[split:]
+        try:
+            target: Any = importlib.import_module(module_name)
+        except Exception:
+            continue
+        try:
+            for name in attributes:
+                target = getattr(target, name)
+        except AttributeError:
+            return None
+        return target if isinstance(target, CachedFunction) else None
+    return None
+
+
+def _from_recorded(function: str, args: list[Any], kwargs: dict[str, Any], cache_dir: Optional[str]) -> explaining.Explanation:
+    where = cache_dir_for(cache_dir)
+    if not os.path.isdir(where):
+        raise WhyError(f"no cache dir at {where}")
+    store = disk_store(where)
+    names = sorted({m.function for m in store.entries()})
+    matches = [n for n in names if n == function or n.endswith("." + function)]
+    if not matches:
+        raise WhyError(f"no recorded entries of a function named {function!r} in {where}; known: {', '.join(names) or 'none'}")
+    if len(matches) > 1:
+        raise WhyError(f"{function!r} names several functions in {where}: {', '.join(matches)}; give the full module.qualname")
+    name = matches[0]
+    if args:
+        raise WhyError(f"{name} cannot be imported here, so positional arguments cannot be matched to parameters: pass --args-json as a JSON object")
+    recent = list(explaining._recent_entries(store, name))
+    identity = next((m.identity for m in recent if m.identity), None)
+    request = keys.normalize(dict(sorted(kwargs.items())), "--args-json")
+    key = keys.make_key(identity[1:], request) if identity else "?"
+    outcome = explaining.outcome_of(store, name, key, None, None) if identity else "miss"
+    found = explaining.explain(store, name, key, outcome, identity or [], request)
+    note = f"{name} could not be imported here: compared with the recorded requests only (defaults the function would fill in are not known)"
+    return explaining.Explanation(found.function, found.key, found.outcome, found.nearest, found.comparable, note, found.request)
+
+
+def as_data(explanation: explaining.Explanation) -> dict[str, Any]:
+    """An explanation as JSON-ready data (``--json``)."""
+    return {
+        "function": explanation.function,
+        "key": explanation.key,
+        "outcome": explanation.outcome,
+        "comparable": explanation.comparable,
+        "note": explanation.note,
+        "nearest": [
+            {
+                "key": c.key,
+                "created": c.created,
+                "sample": c.sample,
+                "source_changed": c.source_changed,
+                "version_changed": c.version_changed,
+                "key_format_changed": c.key_format_changed,
+                "request_recorded": c.request_recorded,
+                "differences": [{"path": d.path, "recorded": d.recorded, "current": d.current} for d in c.differences],
+            }
+            for c in explanation.nearest
+        ],
+    }
