@@ -134,10 +134,12 @@ class _Engine:
                 cache.bypass(self.function_id)
                 return None
             key = maybe_key
-        sample, base = None, key
-        if cache.sampler is not None:
+        base = key
+        if cache.sampler is None:
+            sample = None
+        else:
             key, sample = cache.sample_key(key)
-        store = cache.store(create=mode.writes)
+        store = cache.fixed_store or cache.store(create=mode.writes)  # (a fixed store without a call)
         value = MISSING
         if store is not None and mode.reads:
             value = cache.lookup(store, self.function_id, key)
@@ -209,14 +211,14 @@ class _Engine:
         plan = self.prepare(instance, args, kwargs)
         if plan is None:
             return wrapped(*args, **kwargs)
-        value = plan[3]
+        mode, store, key, value, _ = plan
         if value is not MISSING:
             return value if type(value) is not Stream else self.deliver(value, False)
-        value, release = self.cache.acquire(plan[0], plan[1], self.function_id, plan[2])
+        value, release = self.cache.acquire(mode, store, self.function_id, key)
         if value is not MISSING:
             return self.deliver(value, False)
         try:
-            self.cache.note_miss(plan[1], self.function_id, plan[2], sample=plan[4])
+            self.cache.note_miss(store, self.function_id, key, sample=plan[4])
             request = self.request(instance, args, kwargs)
             start = time.perf_counter()
             result = wrapped(*args, **kwargs)

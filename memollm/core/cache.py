@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+import weakref
 from typing import Any, Callable, Optional
 
 import msgpack
@@ -48,9 +49,24 @@ checked again while the store hands back the very same bytes)."""
 VERIFIED_ITEM_MAX = 2**20
 """Larger entries are verified at every hit: stores do not keep them in memory either."""
 
-# key -> (entry bytes, meta, body, is a plain value, secret it was verified with)
-_verified: dict[str, tuple[bytes, EntryMeta, memoryview, bool, Optional[bytes]]] = {}
+Verified = tuple[bytes, EntryMeta, memoryview, bool]  # entry bytes, meta, body, is a plain value
+_verified: dict[str, Verified] = {}  # entries verified without a secret, by key
+_signed: "weakref.WeakSet[Cache]" = weakref.WeakSet()  # caches with a secret keep their own
 _verified_bytes = [0]
+
+
+def remember(table: dict[str, Verified], key: str, verified: Verified, size: int) -> None:
+    """Keep a verified entry, within ``VERIFIED_BYTES_MAX`` for all tables of the process."""
+    previous = table.pop(key, None)
+    if previous is not None:
+        _verified_bytes[0] -= len(previous[0])
+    if _verified_bytes[0] + size > VERIFIED_BYTES_MAX:
+        _verified.clear()
+        for cache in list(_signed):
+            cache._verified.clear()
+        _verified_bytes[0] = 0
+    table[key] = verified
+    _verified_bytes[0] += size
 
 
 def _noop() -> None:
@@ -77,8 +93,14 @@ class Cache:
         self.cache_if = options.cache_if
         self.record_request = options.record_request
         self.samples = options.samples
+        self.cache_dir = options.cache_dir
+        self.max_size = options.max_size
         self.counters = Counters()
         self.sampler = samples.Sampler(options.samples) if options.samples else None
+        self._verified: dict[str, Verified] = _verified
+        if options.secret is not None:  # entries verified under this secret only
+            self._verified = {}
+            _signed.add(self)
         otel.register(self)
 
     def current_mode(self) -> Mode:
@@ -91,11 +113,11 @@ class Cache:
         its cache dir does not exist and ``create`` is false (nothing to read there)."""
         if self.fixed_store is not None:
             return self.fixed_store
-        path = cache_dir_for(self.options.cache_dir)
+        path = cache_dir_for(self.cache_dir)
         if not create and not is_open(path) and not os.path.isdir(path):
             return None
         try:
-            return disk_store(path, self.options.max_size)
+            return disk_store(path, self.max_size)
         except Exception as exc:
             warn_once(path, "open", f"memollm: cannot use the cache dir {path} ({exc}); calls go to the provider uncached")
             return None
@@ -111,8 +133,8 @@ class Cache:
         if data is None:
             return MISSING
         try:
-            verified = _verified.get(key)
-            if verified is None or verified[0] is not data or verified[4] is not self.secret:
+            verified = self._verified.get(key)
+            if verified is None or verified[0] is not data:
                 verified = self._verify(key, data)  # else: the very bytes verified before
             meta = verified[1]
             if (meta.expires is not None or self.ttl is not None) and self.expired(meta):
@@ -148,23 +170,16 @@ class Cache:
             counters = self.by_function.setdefault(function, Counters())
         return counters
 
-    def _verify(self, key: str, data: bytes) -> tuple[bytes, EntryMeta, memoryview, bool, Optional[bytes]]:
+    def _verify(self, key: str, data: bytes) -> Verified:
         """Check an entry's integrity (and signature); small entries are remembered by the
         identity of their bytes, within ``VERIFIED_BYTES_MAX`` per process."""
         meta, body = read_meta(data, self.secret)
         if meta.key != key:
             raise CorruptEntry(f"entry holds key {meta.key}, not {key}")
-        verified = (data, meta, body, meta.kind == KIND_VALUE, self.secret)
+        verified = (data, meta, body, meta.kind == KIND_VALUE)
         size = len(data)
         if size <= VERIFIED_ITEM_MAX:
-            previous = _verified.pop(key, None)
-            if previous is not None:
-                _verified_bytes[0] -= len(previous[0])
-            if _verified_bytes[0] + size > VERIFIED_BYTES_MAX:
-                _verified.clear()
-                _verified_bytes[0] = 0
-            _verified[key] = verified
-            _verified_bytes[0] += size
+            remember(self._verified, key, verified, size)
         return verified
 
     def expired(self, meta: EntryMeta) -> bool:
