@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional
 
 from .entry import EntryMeta
+from .prices import price
 
 HIT, MISS, BYPASS, OFFLINE_MISS = "hit", "miss", "bypass", "offline-miss"
 
@@ -102,9 +103,7 @@ def observe() -> Iterator[list[CallRecord]]:
 
 def _record_read(store: Any, meta: EntryMeta) -> None:
     blocks = _blocks.get()
-    if blocks:
-        from .prices import price  # imports the price table on the first priced record only
-
+    if blocks:  # (the price table is imported when the first hit with usage is recorded)
         record = CallRecord(meta.function, meta.key, HIT, meta.duration, meta.tokens, price(meta.usage), getattr(meta, "sample", None))
         for calls in blocks:
             calls.append(record)

@@ -25,10 +25,10 @@ from typing import Any, Iterator, Optional
 import pytest
 
 from . import config as memollm_config
-from . import observers
+from . import observers, prices
 from .entry import EntryMeta
 from .modes import MODE_ENV, Mode, cache_mode, current_mode, parse_mode
-from .stats import CacheInfo
+from .stats import CacheInfo, Usage
 from .stores.backend import call_id
 from .stores.base import Store
 from .stores.disk import DiskStore
@@ -255,7 +255,7 @@ class MemollmCacheFixture:
         return len(self.missed)
 
     def stats(self) -> CacheInfo:
-        """Hits, misses, seconds and tokens saved during this test; entries and bytes of ``cache_dir``."""
+        """Hits, misses, seconds, tokens and dollars saved during this test; entries and bytes of ``cache_dir``."""
         entries = size = 0
         if os.path.isdir(self.cache_dir):
             for meta in self.store.entries():
@@ -268,7 +268,15 @@ class MemollmCacheFixture:
             bytes=size,
             seconds_saved=sum(m.duration for m in self.reads),
             tokens_saved=sum(m.tokens for m in self.reads),
+            dollars_saved=prices.total(self._usage_read()),
         )
+
+    def _usage_read(self) -> dict[Usage, int]:
+        per: dict[Usage, int] = {}
+        for meta in self.reads:
+            if meta.usage is not None:
+                per[meta.usage] = per.get(meta.usage, 0) + 1
+        return per
 
     @property
     def info(self) -> CacheInfo:
