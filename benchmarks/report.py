@@ -85,6 +85,16 @@ def render(results: dict[str, Any]) -> str:
             "",
             verdicts(sec),
         ]
+    if "http" in s and "contenders" in s["http"]:
+        sec = s["http"]
+        out += [
+            "\n### HTTP layer\n",
+            "A hit through the openai SDK over `memollm.http.client()`, against the same call answered by a `MockTransport` "
+            "(the floor) and replayed by vcrpy; then the transports alone.\n",
+            table(["contender", "median", "p90"], latency_rows(sec["contenders"])),
+            "",
+            verdicts(sec),
+        ]
     if "savings" in s:
         sec = s["savings"]
         lat = sec["provider"]["latency_s"]

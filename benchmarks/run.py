@@ -20,12 +20,15 @@ import time
 from typing import Any, Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Run as a script, Python puts benchmarks/ first on sys.path, where http.py would shadow the
+# standard library's ``http`` package; the sections are imported as ``benchmarks.<name>``.
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != os.path.dirname(os.path.abspath(__file__))]
 if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)  # run as a script: make the ``benchmarks`` package importable
+    sys.path.insert(0, ROOT)  # make the ``benchmarks`` package importable
 
 from benchmarks import common  # noqa: E402
 
-SECTIONS = ["hit", "observe", "key", "miss", "streams", "savings", "scale"]  # scale last: its heavy disk I/O would disturb the others
+SECTIONS = ["hit", "observe", "key", "miss", "streams", "http", "savings", "scale"]  # scale last: its heavy disk I/O would disturb the others
 DEFAULT_OUT = os.path.join(ROOT, "benchmarks", "results")
 
 

@@ -157,10 +157,7 @@ class _Engine:
         if sample is not None:
             recorded = self.cache.recorded_samples(store, self.function_id, base)
             lines.append(f"samples={self.cache.samples}: {recorded} of {self.cache.samples} recorded for this request, not sample {sample}.")
-        try:
-            nearest = explaining.explain(store, self.function_id, key, "miss", self.cache.identity, request, self.cache.record_request).summary()
-        except Exception:  # the message is a courtesy: never let it hide the miss
-            nearest = ""
+        nearest = self.cache.nearest_differences(store, self.function_id, key, request)
         if nearest:
             lines.append(nearest)
         return self.cache.miss_error(store, self.function_id, key, detail="\n".join(lines))

@@ -85,14 +85,16 @@ def price(usage: Optional[Usage]) -> Optional[float]:
 
 
 def total(hits_per_usage: "dict[Usage, int]") -> Optional[float]:
-    """Dollars of ``hits`` calls of each usage; ``None`` without a table. Unknown models add nothing."""
+    """Dollars of ``hits`` calls of each usage: ``0.0`` for none; ``None`` without a table, or when
+    no usage has a known price. Usage of unknown models adds nothing (never a guess)."""
     if not hits_per_usage:
         return 0.0 if available() else None
     if _calculator() is None:
         return None
-    dollars = 0.0
+    dollars, priced = 0.0, False
     for usage, hits in hits_per_usage.items():
         each = price(usage)
         if each is not None:
             dollars += each * hits
-    return dollars
+            priced = True
+    return dollars if priced else None

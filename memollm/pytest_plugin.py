@@ -8,6 +8,9 @@
   directory of the test file.
 * ``memollm_cache`` fixture: the cache dir and mode in effect, the store, and this test's hits
   and misses.
+* ``memollm_http`` fixture: every httpx and httpx2 request of the test goes through the cache
+  (``memollm.http.intercept()``), in the mode and cache dir in effect: code the test does not own
+  (frameworks, SDK helpers) is recorded once and replayed offline.
 * ``--memollm-report-unused``: at the end of the session, the entries of the cache dirs in use
   that no test read.
 """
@@ -309,6 +312,17 @@ def memollm_cache() -> Iterator[MemollmCacheFixture]:
         for registry, observer in registries:
             with contextlib.suppress(ValueError):
                 registry.remove(observer)
+
+
+@pytest.fixture
+def memollm_http() -> Iterator[Any]:
+    """Send every httpx/httpx2 request of this test through the memollm cache; gives the
+    ``memollm.http.Interceptor`` (``cache_info()``). The mode and cache dir are those in effect
+    (the ``memollm`` marker, ``--memollm-mode``, ``MEMOLLM_CACHE_DIR``)."""
+    from .http import intercept
+
+    with intercept() as interceptor:
+        yield interceptor
 
 
 # -- --memollm-report-unused --------------------------------------------------------------------

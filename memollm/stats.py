@@ -13,8 +13,8 @@ class CacheInfo:
     """What ``cache_info()`` returns: this process's counters plus the store's entries.
 
     ``dollars_saved`` prices the hits' token usage with the ``genai-prices`` table (the
-    ``prices`` extra); hits of models the table does not know add nothing. ``None`` when the
-    table is not installed.
+    ``prices`` extra); hits of models the table does not know add nothing. ``None`` when no
+    hit could be priced (the table is not installed, or knows none of the models).
     """
 
     hits: int
@@ -69,23 +69,24 @@ class Counters:
         self._lock = threading.Lock()
         self._generation = 0  # bumped by reset: prices computed for an older one count as "before"
         self._before: tuple[int, int, float, int] = (0, 0, 0.0, 0)  # hits, misses, seconds, tokens
-        self._before_dollars = 0.0
+        self._before_dollars: Optional[float] = None
         self.hits = 0
         self.misses = 0
         self.seconds_saved = 0.0
         self.tokens_saved = 0
         self.saved: dict[str, list[Any]] = {}  # entry key -> [usage, hits]
-        self.folded = 0.0
+        self.folded: Optional[float] = None  # dollars priced off the hit path (None: none priced yet)
 
     def reset(self) -> None:
         with self._lock:
             h, m, sec, t = self._before
             self._before = (h + self.hits, m + self.misses, sec + self.seconds_saved, t + self.tokens_saved)
-            self._before_dollars += self.folded
+            self._before_dollars = _plus(self._before_dollars, self.folded)
             saved = self.saved
             self._generation += 1
             self.hits = self.misses = self.tokens_saved = 0
-            self.seconds_saved = self.folded = 0.0
+            self.seconds_saved = 0.0
+            self.folded = None
             self.saved = {}
         self._price_later(saved, -1)
 
@@ -126,12 +127,12 @@ class Counters:
     def _fold(self, saved: dict[str, list[Any]], generation: int) -> None:
         from . import prices
 
-        dollars = prices.total(_per_usage(saved)) or 0.0
+        dollars = prices.total(_per_usage(saved))
         with self._lock:
             if generation == self._generation:
-                self.folded += dollars
+                self.folded = _plus(self.folded, dollars)
             else:
-                self._before_dollars += dollars
+                self._before_dollars = _plus(self._before_dollars, dollars)
 
     def dollars(self) -> Optional[float]:
         """Dollars the hits since the last reset saved; ``None`` without a price table."""
@@ -140,7 +141,9 @@ class Counters:
         with self._lock:
             saved, folded = _per_usage(self.saved), self.folded
         unfolded = prices.total(saved)
-        return None if unfolded is None else folded + unfolded
+        if folded is None:
+            return unfolded
+        return folded if unfolded is None else folded + unfolded
 
     def totals(self) -> tuple[int, int, float, int, Optional[float]]:
         """Hits, misses, seconds, tokens and dollars saved since this process started."""
@@ -148,8 +151,14 @@ class Counters:
             h, m, sec, t = self._before
             counts = (h + self.hits, m + self.misses, sec + self.seconds_saved, t + self.tokens_saved)
             before = self._before_dollars
-        dollars = self.dollars()
-        return (*counts, None if dollars is None else before + dollars)
+        return (*counts, _plus(before, self.dollars()))
+
+
+def _plus(a: Optional[float], b: Optional[float]) -> Optional[float]:
+    """A sum of dollar figures where ``None`` means "none priced"."""
+    if a is None:
+        return b
+    return a if b is None else a + b
 
 
 def _per_usage(saved: dict[str, list[Any]]) -> dict[Usage, int]:

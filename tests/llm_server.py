@@ -5,6 +5,10 @@ the real ``openai`` and ``anthropic`` SDKs to work against it:
 
 * OpenAI Chat Completions: ``POST /v1/chat/completions`` (plain JSON or SSE
   streaming with ``"stream": true``, including ``stream_options.include_usage``).
+* OpenAI Responses: ``POST /v1/responses`` (plain JSON, or SSE with ``"stream": true``:
+  ``response.created``, ``response.in_progress``, ``response.output_item.added``,
+  ``response.content_part.added``, one ``response.output_text.delta`` per token, the
+  ``.done`` events and ``response.completed`` carrying the usage).
 * Anthropic Messages: ``POST /v1/messages`` (plain JSON or SSE streaming).
 
 Reply text rule (unless overridden with ``reply=``)::
@@ -12,7 +16,9 @@ Reply text rule (unless overridden with ``reply=``)::
     reply = "echo: " + <text of the last user message>
 
 where the text of a message is its ``content`` if that is a string, otherwise
-the ``text`` of its ``{"type": "text"}`` parts joined with a single space.
+the ``text`` of its ``{"type": "text"}`` (or ``"input_text"``) parts joined with a single
+space. For the Responses API the messages are its ``input`` (a string is one user message)
+and ``instructions`` counts as a system prompt.
 The reply is split into word tokens with ``re.findall(r"\\s*\\S+\\s*", reply)``
 (so ``"".join(tokens) == reply``); streaming sends one content chunk per token,
 and ``usage.completion_tokens`` / ``output_tokens`` is ``len(tokens)``.
@@ -59,7 +65,7 @@ def message_text(content: Any) -> str:
     if isinstance(content, list):
         parts = []
         for part in content:
-            if isinstance(part, dict) and part.get("type") == "text":
+            if isinstance(part, dict) and part.get("type") in ("text", "input_text"):
                 parts.append(str(part.get("text", "")))
             elif isinstance(part, str):
                 parts.append(part)
@@ -84,15 +90,27 @@ def _last_user_text(messages: Any) -> str:
     return ""
 
 
+def _messages(body: dict[str, Any]) -> Any:
+    """The conversation of a request: ``messages``, or the Responses API's ``input``."""
+    if "messages" in body:
+        return body.get("messages")
+    given = body.get("input")
+    if isinstance(given, str):
+        return [{"role": "user", "content": given}]
+    return given
+
+
 def _count_words(body: dict[str, Any]) -> int:
     texts = []
-    messages = body.get("messages")
+    messages = _messages(body)
     if isinstance(messages, list):
         for msg in messages:
             if isinstance(msg, dict):
                 texts.append(message_text(msg.get("content")))
     if "system" in body:  # Anthropic top-level system prompt
         texts.append(message_text(body.get("system")))
+    if "instructions" in body:  # Responses API system prompt
+        texts.append(message_text(body.get("instructions")))
     return sum(len(t.split()) for t in texts)
 
 
@@ -216,6 +234,8 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0].rstrip("/")
         if path.endswith("/chat/completions"):
             api = "openai"
+        elif path.endswith("/responses"):
+            api = "responses"
         elif path.endswith("/messages"):
             api = "anthropic"
         else:
@@ -283,6 +303,11 @@ class _Handler(BaseHTTPRequestHandler):
                 self._openai_stream(owner, body, model, n, tokens, prompt_tokens, abort_after)
             else:
                 self._send_json(200, _openai_completion(model, n, reply, prompt_tokens, len(tokens)))
+        elif api == "responses":
+            if stream:
+                self._responses_stream(owner, model, n, tokens, prompt_tokens, abort_after)
+            else:
+                self._send_json(200, _response_object(model, n, reply, prompt_tokens, len(tokens)))
         else:
             if stream:
                 self._anthropic_stream(owner, model, n, tokens, prompt_tokens, abort_after)
@@ -387,6 +412,40 @@ class _Handler(BaseHTTPRequestHandler):
         self._sse("[DONE]")
         self._end_chunks()
 
+    def _responses_stream(
+        self,
+        owner: FakeLLMServer,
+        model: str,
+        n: int,
+        tokens: list[str],
+        prompt_tokens: int,
+        abort_after: int | None,
+    ) -> None:
+        sequence = itertools.count()
+        item_id = f"msg_fake{n}"
+
+        def event(kind: str, **fields: Any) -> None:
+            self._sse({"type": kind, "sequence_number": next(sequence), **fields}, kind)
+
+        started = _response_object(model, n, "", prompt_tokens, 0, status="in_progress")
+        started["output"], started["usage"] = [], None
+        item = {"id": item_id, "type": "message", "status": "in_progress", "role": "assistant", "content": []}
+        where = {"item_id": item_id, "output_index": 0, "content_index": 0}
+        self._start_sse()
+        event("response.created", response=started)
+        event("response.in_progress", response=started)
+        event("response.output_item.added", output_index=0, item=item)
+        event("response.content_part.added", part={"type": "output_text", "text": "", "annotations": []}, **where)
+        self._stream_tokens(owner, tokens, abort_after, lambda tok: event("response.output_text.delta", delta=tok, logprobs=[], **where))
+        text = "".join(tokens)
+        part = {"type": "output_text", "text": text, "annotations": []}
+        event("response.output_text.done", text=text, logprobs=[], **where)
+        event("response.content_part.done", part=part, **where)
+        done = _response_object(model, n, text, prompt_tokens, len(tokens))
+        event("response.output_item.done", output_index=0, item=done["output"][0])
+        event("response.completed", response=done)
+        self._end_chunks()
+
     def _anthropic_stream(
         self,
         owner: FakeLLMServer,
@@ -463,6 +522,36 @@ def _openai_completion(model: str, n: int, reply: str, prompt_tokens: int, compl
     }
 
 
+def _response_object(model: str, n: int, reply: str, input_tokens: int, output_tokens: int, status: str = "completed") -> dict[str, Any]:
+    """A Responses API ``response`` object holding one assistant message."""
+    return {
+        "id": f"resp_fake{n}",
+        "object": "response",
+        "created_at": int(time.time()),
+        "status": status,
+        "model": model,
+        "output": [
+            {
+                "id": f"msg_fake{n}",
+                "type": "message",
+                "status": "completed",
+                "role": "assistant",
+                "content": [{"type": "output_text", "text": reply, "annotations": []}],
+            }
+        ],
+        "parallel_tool_calls": True,
+        "tool_choice": "auto",
+        "tools": [],
+        "usage": {
+            "input_tokens": input_tokens,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": output_tokens,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": input_tokens + output_tokens,
+        },
+    }
+
+
 def _anthropic_message(model: str, n: int, reply: str, input_tokens: int, output_tokens: int) -> dict[str, Any]:
     return {
         "id": f"msg_fake{n}",
@@ -477,7 +566,7 @@ def _anthropic_message(model: str, n: int, reply: str, input_tokens: int, output
 
 
 class FakeLLMServer:
-    """Loopback fake of the OpenAI Chat Completions and Anthropic Messages APIs.
+    """Loopback fake of the OpenAI Chat Completions and Responses APIs and Anthropic Messages.
 
     Args:
         delay: seconds to wait before responding to each API request (streaming
@@ -590,7 +679,7 @@ class FakeLLMServer:
         """Snapshot (copy) of received requests, oldest first.
 
         Each is ``{"path", "method", "json", "headers", "api", "stream", "time"}``;
-        ``headers`` keys are lower-case, ``api`` is ``"openai"``, ``"anthropic"``
+        ``headers`` keys are lower-case, ``api`` is ``"openai"``, ``"responses"``, ``"anthropic"``
         or ``None``, ``time`` is ``time.monotonic()`` at arrival. Requests are
         recorded on arrival, before ``delay`` and before any injected failure.
         """
@@ -676,7 +765,7 @@ class FakeLLMServer:
     def _reply_for(self, body: dict[str, Any]) -> str:
         reply = self.reply
         if reply is None:
-            return ECHO_PREFIX + _last_user_text(body.get("messages"))
+            return ECHO_PREFIX + _last_user_text(_messages(body))
         if callable(reply):
             return str(reply(body))
         return str(reply)

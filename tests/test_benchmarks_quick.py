@@ -13,7 +13,7 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SECTIONS = {"hit", "observe", "key", "miss", "scale", "streams", "savings"}
+SECTIONS = {"hit", "observe", "key", "miss", "scale", "streams", "http", "savings"}
 
 pytestmark = pytest.mark.bench
 

@@ -305,7 +305,7 @@ def test_progress_bar_only_on_a_terminal(cache, capsys, monkeypatch):
     for _ in range(3):
         bar.advance()
     bar.close()
-    assert "clearing [" in terminal.getvalue() and "3/3" in terminal.getvalue()
+    assert "clearing" in terminal.getvalue() and "3/3" in terminal.getvalue()
 
     piped = io.StringIO()
     bar = cli.Progress("clearing", 10**6, stream=piped)
@@ -314,11 +314,11 @@ def test_progress_bar_only_on_a_terminal(cache, capsys, monkeypatch):
     assert piped.getvalue() == ""
 
     # A large clear on a terminal goes entry by entry behind the bar and still removes everything.
-    monkeypatch.setattr(cli, "PROGRESS_MIN", 2)
+    monkeypatch.setattr(cli.ui, "PROGRESS_MIN", 2)
     monkeypatch.setattr(sys, "stderr", _Terminal())
     code = cli.main(["clear", "--yes", "--cache-dir", cache["dir"]])
     assert code == 0
-    assert "clearing [" in sys.stderr.getvalue() and "4/4" in sys.stderr.getvalue()
+    assert "clearing" in sys.stderr.getvalue() and "4/4" in sys.stderr.getvalue()
     assert DiskStore(cache["dir"]).count() == 0
 
 
@@ -365,3 +365,109 @@ def test_stats_prefers_counters_persisted_by_the_store(capsys):
     meta = EntryMeta("app.complete", "cd" * 16, time.time(), None, duration=0.7, tokens=8, size=100)
     (stats,) = cli.CacheDir("/nowhere", store).stats([cli.Listed(meta, hits=1)])  # type: ignore[arg-type]
     assert (stats.entries, stats.bytes, stats.hits, stats.misses, stats.seconds_saved, stats.tokens_saved) == (1, 100, 5, 2, 3.5, 40)
+
+
+def _fill(store_dir: str, count: int, expired_every: int = 0) -> None:
+    """``count`` entries of ``app.f`` (every ``expired_every``-th one already expired)."""
+    from memollm.entry import encode_value
+
+    store = DiskStore(store_dir)
+    now = time.time()
+    for i in range(count):
+        expires = now - 1 if expired_every and i % expired_every == 0 else None
+        meta = EntryMeta("app.f", f"{i:032x}", now - count + i, expires, duration=0.1, tokens=2)
+        store.set(meta, encode_value(meta, {"text": f"answer {i}"}))
+    store.close()
+
+
+@pytest.mark.parametrize("with_bar", [False, True])
+def test_prune_max_size_counts_expired_and_evicted_apart(tmp_path, capsys, monkeypatch, with_bar):
+    d = str(tmp_path / "cache")
+    _fill(d, 10, expired_every=5)  # entries 0 and 5 are expired
+    size = DiskStore(d).index.totals()[0] // 10
+    if with_bar:  # on a terminal the CLI deletes entry by entry behind a bar: same counts
+        monkeypatch.setattr(cli.ui, "PROGRESS_MIN", 2)
+        monkeypatch.setattr(sys, "stderr", _Terminal())
+    code, out, err = call(capsys, "prune", "--cache-dir", d, "--max-size", str(size * 5 + size // 2), "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert (report["expired"], report["evicted"], report["entries"]) == (2, 3, 5)
+    left = sorted(m.key for m in DiskStore(d).entries())
+    assert left == [f"{i:032x}" for i in (4, 6, 7, 8, 9)]  # expired ones, then the least recently used
+    if with_bar:
+        assert "pruning" in sys.stderr.getvalue() and "5/5" in sys.stderr.getvalue()
+
+    _fill(d, 10, expired_every=5)
+    code, out, _ = call(capsys, "prune", "--cache-dir", d, "--max-size", str(size * 5 + size // 2))
+    assert code == 0 and "2 expired entries, 3 evicted for size" in out
+
+
+def test_prune_report_fields_add_up():
+    from memollm.stores.base import PruneReport
+
+    report = PruneReport()
+    report.removed(10, expired=True)
+    report.removed(5, expired=False)
+    report.add(PruneReport(leftovers=1, bytes=3))
+    assert (report.entries, report.expired, report.evicted, report.bytes, report.leftovers) == (2, 1, 1, 18, 1)
+
+
+def test_tables_off_a_terminal_are_plain_and_whole(tmp_path):
+    d = str(tmp_path / "cache")
+    long_name = "app." + "very_long_module_name." * 8 + "f"
+    store = DiskStore(d)
+    meta = EntryMeta(long_name, "ef" * 16, time.time(), None, duration=0.1)
+    from memollm.entry import encode_value
+
+    store.set(meta, encode_value(meta, "hi"))
+    store.close()
+    for env in ({}, {"COLUMNS": "40"}, {"FORCE_COLOR": "1"}):
+        result = run_cli("ls", "--cache-dir", d, env=env)
+        assert result.returncode == 0, result.stderr
+        assert "\x1b[" not in result.stdout  # no colour: not a terminal
+        assert any(line.startswith(long_name + "  " + "ef" * 16) for line in result.stdout.splitlines())
+        assert all(line == line.rstrip() for line in result.stdout.splitlines())
+
+
+def _in_a_terminal(args: list[str], env: dict[str, str]) -> str:
+    """Run ``memollm ARGS`` with stdout and stderr on a pseudo-terminal; returns what it printed."""
+    import pty
+
+    controller, terminal = pty.openpty()
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "memollm", *args],
+            stdin=subprocess.DEVNULL,
+            stdout=terminal,
+            stderr=terminal,
+            env={**os.environ, "TERM": "xterm-256color", "COLUMNS": "200", **env},
+        )
+        os.close(terminal)
+        chunks = []
+        while True:
+            try:
+                data = os.read(controller, 65536)
+            except OSError:  # the other end closed: the process is done
+                break
+            if not data:
+                break
+            chunks.append(data)
+        assert process.wait(timeout=60) == 0
+    finally:
+        os.close(controller)
+    return b"".join(chunks).decode("utf-8", "replace")
+
+
+def test_colour_and_bars_on_a_terminal_unless_no_color(tmp_path):
+    d = str(tmp_path / "cache")
+    _fill(d, 1200)
+    coloured = _in_a_terminal(["stats", "--cache-dir", d], {})
+    assert "\x1b[" in coloured and "app.f" in coloured and "1200" in coloured
+    plain = _in_a_terminal(["stats", "--cache-dir", d], {"NO_COLOR": "1"})
+    assert "\x1b[3" not in plain and "app.f" in plain and "1200" in plain  # no colour codes
+    assert "reading" not in plain  # and no bar
+
+    os.remove(os.path.join(d, "index.sqlite3"))
+    shown = _in_a_terminal(["ls", "--cache-dir", d], {})
+    assert "1200 entries" in shown
+    assert "rebuilding the index" in shown  # a bar while the entries are read again

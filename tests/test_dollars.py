@@ -222,8 +222,8 @@ def test_unknown_models_count_tokens_and_no_dollars(tmp_path):
 
     local("x"), local("x"), plain("x"), plain("x")
     info = local.cache_info()
-    assert info.tokens_saved == 150 and info.dollars_saved == 0.0
-    assert plain.cache_info().dollars_saved == 0.0
+    assert info.tokens_saved == 150 and info.dollars_saved is None  # no known price: unknown, not zero
+    assert plain.cache_info().dollars_saved == 0.0  # no tokens saved: nothing to price
 
 
 # -- the index and the CLI ----------------------------------------------------------------------

@@ -398,6 +398,77 @@ def test_openai_raw_sse_wire_format(server: FakeLLMServer) -> None:
     assert events[-2] == "data: [DONE]"
 
 
+# -- OpenAI Responses API ------------------------------------------------------------
+
+
+def test_responses_plain(server: FakeLLMServer, oai: openai.OpenAI) -> None:
+    resp = oai.responses.create(model=MODEL, input="hello there world", instructions="be brief")
+    assert resp.output_text == EXPECTED
+    assert resp.status == "completed"
+    assert resp.usage is not None
+    assert (resp.usage.input_tokens, resp.usage.output_tokens) == (3 + 2, EXPECTED_COMPLETION_TOKENS)
+    assert resp.usage.total_tokens == 5 + EXPECTED_COMPLETION_TOKENS
+    assert server.requests[-1]["api"] == "responses"
+    assert server.requests[-1]["path"] == "/v1/responses"
+
+
+def test_responses_message_input(oai: openai.OpenAI) -> None:
+    given = [{"role": "user", "content": [{"type": "input_text", "text": "a"}, {"type": "input_text", "text": "b"}]}]
+    assert oai.responses.create(model=MODEL, input=given).output_text == "echo: a b"  # type: ignore[arg-type]
+
+
+def test_responses_stream_events(server: FakeLLMServer, oai: openai.OpenAI) -> None:
+    events = list(oai.responses.create(model=MODEL, input="hello there world", stream=True))
+    kinds = [e.type for e in events]
+    assert kinds[:4] == ["response.created", "response.in_progress", "response.output_item.added", "response.content_part.added"]
+    assert kinds[-1] == "response.completed"
+    deltas = [e.delta for e in events if e.type == "response.output_text.delta"]
+    assert deltas == reply_tokens(EXPECTED)
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    final = events[-1].response
+    assert final.output_text == EXPECTED
+    assert final.usage is not None and final.usage.output_tokens == EXPECTED_COMPLETION_TOKENS
+
+
+def test_responses_stream_helper(oai: openai.OpenAI) -> None:
+    with oai.responses.stream(model=MODEL, input="hello there world") as stream:
+        deltas = [e.delta for e in stream if e.type == "response.output_text.delta"]
+        final = stream.get_final_response()
+    assert "".join(deltas) == EXPECTED
+    assert final.output_text == EXPECTED
+
+
+def test_responses_raw_sse_wire_format(server: FakeLLMServer) -> None:
+    body = {"model": MODEL, "stream": True, "input": "hi"}
+    with httpx.stream("POST", server.base_url + "/responses", json=body, timeout=5) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        raw = r.read().decode()
+    events = raw.split("\n\n")
+    assert events[-1] == ""
+    assert events[-2].startswith("event: response.completed\ndata: ")
+
+
+def test_responses_fail_and_abort(server: FakeLLMServer, oai: openai.OpenAI) -> None:
+    server.fail_next(status=503)
+    with pytest.raises(openai.InternalServerError):
+        oai.responses.create(model=MODEL, input="x")
+    server.abort_next_stream(after_tokens=1)
+    with pytest.raises(STREAM_DROPPED):
+        list(oai.responses.create(model=MODEL, input="a b c", stream=True))
+    assert oai.responses.create(model=MODEL, input="x").output_text == "echo: x"
+
+
+@pytest.mark.asyncio
+async def test_async_responses_stream(server: FakeLLMServer) -> None:
+    client = openai.AsyncOpenAI(api_key="sk-test", base_url=server.base_url, max_retries=0, timeout=5)
+    try:
+        stream = await client.responses.create(model=MODEL, input="hello there world", stream=True)
+        deltas = [e.delta async for e in stream if e.type == "response.output_text.delta"]
+    finally:
+        await client.close()
+    assert "".join(deltas) == EXPECTED
+
+
 def test_anthropic_stream_helper(server: FakeLLMServer, claude: anthropic.Anthropic) -> None:
     server.chunk_delay = 0.02
     with claude.messages.stream(model=CLAUDE, max_tokens=64, messages=A_MESSAGES) as stream:

@@ -288,24 +288,24 @@ def test_replay_a():
 
 
 def test_report_unused_lists_exactly_the_unread_entries(pytester, cache_dir):
-    pytester.makepyfile(test_report=REPORT)
+    pytester.makepyfile(test_unused_report=REPORT)
     pytester.runpytest(*PLUGIN, "-k", "record").assert_outcomes(passed=1)
     keys = json.loads((pytester.path / "keys.json").read_text())
 
     result = pytester.runpytest(*PLUGIN, "-k", "replay_a", "--memollm-mode=offline", "--memollm-report-unused")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["*memollm: unused cache entries*", f"{cache_dir}: 2 of 3 entries were not read by any test"])
-    listed = re.findall(r"^  test_report\.ask  ([0-9a-f]{32})  created .* joblib/\S+$", result.stdout.str(), re.MULTILINE)
+    listed = re.findall(r"^  test_unused_report\.ask  ([0-9a-f]{32})  created .* joblib/\S+$", result.stdout.str(), re.MULTILINE)
     assert sorted(listed) == sorted([keys["b"], keys["c"]])
     for key in listed:  # each line shows the entry's directory, to delete it
-        assert f"joblib/test_report.ask/{key[:2]}/{key}" in result.stdout.str()
+        assert f"joblib/test_unused_report.ask/{key[:2]}/{key}" in result.stdout.str()
 
     result = pytester.runpytest(*PLUGIN, "--memollm-mode=offline", "--memollm-report-unused", "-k", "not record")
     assert keys["a"] not in result.stdout.str()
 
 
 def test_report_unused_counts_entries_recorded_in_the_session_as_used(pytester, cache_dir):
-    pytester.makepyfile(test_report=REPORT)
+    pytester.makepyfile(test_unused_report=REPORT)
     result = pytester.runpytest(*PLUGIN, "--memollm-report-unused")
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines([f"{cache_dir}: all 3 entries were read (or recorded) in this session"])
@@ -404,7 +404,7 @@ def test_marker_works(memollm_cache):
 def test_fixture_reports_this_tests_dollars_saved(pytester, cache_dir):
     pytest.importorskip("genai_prices")
     pytester.makepyfile(
-        test_dollars='''
+        test_fixture_dollars='''
 import genai_prices
 import pytest
 import memollm

@@ -204,6 +204,17 @@ def test_why_command_prints_the_explanation(tmp_path: Path) -> None:
     assert data["nearest"][0]["differences"] == [{"path": "temperature", "recorded": 0.0, "current": 0.5}]
     bad = subprocess.run([*cli, "--args-json", "{not json"], capture_output=True, text=True, env=env, cwd=package, timeout=60)
     assert bad.returncode == 2 and "--args-json" in bad.stderr
+    # Where the function cannot be imported, the arguments are compared with the recorded requests.
+    elsewhere = subprocess.run(
+        [*cli, "--args-json", json.dumps({"prompt": "hello", "temperature": 0.0}), "--json"], capture_output=True, text=True, cwd=tmp_path, timeout=60
+    )
+    assert elsewhere.returncode == 0, elsewhere.stderr
+    found = json.loads(elsewhere.stdout)
+    assert found["outcome"] == "hit" and "could not be imported" in found["note"]
+    other = subprocess.run([*cli, "--args-json", json.dumps({"prompt": "bye", "temperature": 0.0})], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert other.returncode == 0 and "prompt: 'hello' -> 'bye'" in other.stdout
+    unknown = subprocess.run([*cli[:-1], "nothing.here", "--args-json", "{}"], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert unknown.returncode == 1 and "no recorded entries" in unknown.stderr
 
 
 # -- samples ----------------------------------------------------------------------------------

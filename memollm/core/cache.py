@@ -455,6 +455,15 @@ class Cache:
 
     # -- explaining ------------------------------------------------------------------------
 
+    def nearest_differences(self, store: Optional[Store], function: str, key: str, request: Any) -> str:
+        """How a missed request differs from the nearest recorded entries of ``function``, in a
+        few lines for an offline ``CacheMiss`` ("" if nothing to say, or if that fails: the
+        message is a courtesy and never hides the miss)."""
+        try:
+            return explaining.explain(store, function, key, "miss", self.identity, request, self.record_request).summary()
+        except Exception:
+            return ""
+
     def explain(self, function: str, key: str, request: Any, sample: Optional[int] = None) -> explaining.Explanation:
         """What a lookup of ``key`` would do now, and for a miss how ``request`` differs from
         the nearest recorded entries of ``function``."""

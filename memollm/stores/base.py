@@ -13,10 +13,27 @@ from ..entry import EntryMeta
 class PruneReport:
     """What ``Store.prune`` removed."""
 
-    entries: int = 0  #: expired entries, and entries evicted to respect max_size
+    entries: int = 0  #: entries removed: ``expired + evicted``
     bytes: int = 0
     leftovers: int = 0  #: temporary files of interrupted writes
     stale_rows: int = 0  #: index rows whose entry file was gone
+    expired: int = 0  #: entries removed because they had expired
+    evicted: int = 0  #: least recently used entries evicted to respect max_size
+
+    def removed(self, size: int, expired: bool) -> None:
+        """Count one entry of ``size`` bytes removed (expired, or else evicted)."""
+        self.entries += 1
+        self.bytes += size
+        if expired:
+            self.expired += 1
+        else:
+            self.evicted += 1
+
+    def add(self, other: "PruneReport") -> "PruneReport":
+        """Add ``other``'s counts to this report; returns it."""
+        for name in ("entries", "bytes", "leftovers", "stale_rows", "expired", "evicted"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        return self
 
 
 class Store(abc.ABC):

@@ -33,6 +33,12 @@ GITIGNORE = (
     f"{LOCKS_DIRNAME}/\n"
 )
 JOBLIB_GITIGNORE = "# Created by joblib automatically.\n*\n"
+GITATTRIBUTES = (
+    "# Written by memollm: git diffs show entry files as text once this repository has\n"
+    '#   git config diff.memollm.textconv "memollm textconv"\n'
+    "# (without it they stay binary files). Patterns are relative to this directory.\n"
+    f"joblib/**/{ITEM_FILENAME} -text diff=memollm\n"
+)
 RECENT_BYTES_MAX = 32 * 2**20  # bytes of recently read entries kept per cache dir
 RECENT_ITEM_MAX = 2**20
 LEFTOVER_AGE = 600.0  # seconds before a temporary file counts as the leftover of a dead writer
@@ -66,23 +72,12 @@ class DiskStore(Store):
         self._function_dirs: dict[str, str] = {}
         self._trusted_until = 0.0  # see check_trusted
         self.last_used = 0  # kept by config.disk_store, which closes the least recently used stores
+        self._rebuild_progress: Optional[Callable[[int, int], None]] = None  # see ensure_index
 
     def _write_gitignore(self) -> None:
-        path = os.path.join(self.location, ".gitignore")
-        try:
-            with open(path, "rb") as f:
-                current: Optional[bytes] = f.read()
-        except OSError:
-            current = None
-        ours = current is not None and current.startswith(GITIGNORE.encode()[:20]) and current != GITIGNORE.encode()
-        if current is None or current == JOBLIB_GITIGNORE.encode() or ours:  # missing, joblib's or an older one of ours
-            try:
-                fd = os.open(path + f".tmp-{os.getpid()}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                with os.fdopen(fd, "w") as f:
-                    f.write(GITIGNORE)
-                os.replace(path + f".tmp-{os.getpid()}", path)
-            except OSError:
-                pass
+        """The dir's ``.gitignore`` (what not to commit) and ``.gitattributes`` (entries diff as text)."""
+        _write_ours(os.path.join(self.location, ".gitignore"), GITIGNORE, replaceable=(JOBLIB_GITIGNORE,))
+        _write_ours(os.path.join(self.location, ".gitattributes"), GITATTRIBUTES)
 
     # -- the index, used defensively -------------------------------------------------------
 
@@ -146,15 +141,31 @@ class DiskStore(Store):
             self.rebuild_index()
         self._index_checked = generation
 
-    def rebuild_index(self) -> int:
+    def ensure_index(self, progress: Optional[Callable[[int, int], None]] = None) -> None:
+        """Open the index now, rebuilding it from the entries if it is new; a rebuild reports
+        ``progress(files read, files in all)`` as it goes (``memollm`` draws a bar)."""
+        self._rebuild_progress = progress
+        try:
+            self._with_index(lambda: None, lambda: None)
+        finally:
+            self._rebuild_progress = None
+
+    def rebuild_index(self, progress: Optional[Callable[[int, int], None]] = None) -> int:
         """Re-create the index rows from the entries themselves; returns how many."""
-        metas = list(self._scan())
+        progress = progress or self._rebuild_progress
+        paths = list(self.backend.iter_item_paths())
+        metas = list(self._scan(paths=paths, progress=progress))
         self.index.put_many(metas)
         self.index.set_info("built", time.time())
         return len(metas)
 
-    def _scan(self, function: Optional[str] = None) -> Iterator[EntryMeta]:
-        for path in self.backend.iter_item_paths(function):
+    def _scan(
+        self, function: Optional[str] = None, paths: Optional[list[str]] = None, progress: Optional[Callable[[int, int], None]] = None
+    ) -> Iterator[EntryMeta]:
+        paths = list(self.backend.iter_item_paths(function)) if paths is None else paths
+        for done, path in enumerate(paths, 1):
+            if progress is not None and (done % 256 == 0 or done == len(paths)):
+                progress(done, len(paths))
             try:
                 with open(path, "rb") as f:
                     meta, _ = read_meta(f.read())
@@ -248,8 +259,7 @@ class DiskStore(Store):
                 self.backend.clear_item(call_id(function, key))
                 self.index.remove_if_absent([(key, self.item_path(function, key))])
                 total -= size
-                report.entries += 1
-                report.bytes += size
+                report.removed(size, expired=False)
         return report
 
     def note_hit(self, meta: EntryMeta) -> None:
@@ -268,6 +278,7 @@ class DiskStore(Store):
 
     def clear(self, function: Optional[str] = None) -> int:
         self.usage.forget(function=function)
+        self.usage.forget_history(function)
         removed = sum(1 for _ in self.backend.iter_item_paths(function))
         root = self.backend.location
         targets = [os.path.join(root, function_dirname(function))] if function else _children(root)
@@ -296,8 +307,7 @@ class DiskStore(Store):
                 rows = self.index.expired(now)
                 for key, function, size in rows:
                     self.backend.clear_item(call_id(function, key))
-                    report.entries += 1
-                    report.bytes += size
+                    report.removed(size, expired=True)
                 self.index.remove_if_absent([(key, self.item_path(function, key)) for key, function, _ in rows])
                 if len(rows) < 1000:
                     return
@@ -305,9 +315,7 @@ class DiskStore(Store):
         self._with_index(expire, lambda: None)
         limit = max_size or self.max_size or self._with_index(lambda: self.index.get_info("max_size"), lambda: None)
         if limit:
-            evicted = self._with_index(lambda: self.evict(int(limit)), PruneReport)
-            report.entries += evicted.entries
-            report.bytes += evicted.bytes
+            report.add(self._with_index(lambda: self.evict(int(limit)), PruneReport))
         report.stale_rows += self._with_index(self._drop_orphan_rows, lambda: 0)
         for path in self.backend.iter_leftovers(now - LEFTOVER_AGE, now - DEAD_WRITER_AGE):
             try:
@@ -340,6 +348,26 @@ class DiskStore(Store):
         self.index.close()
 
 
+def _write_ours(path: str, text: str, replaceable: tuple[str, ...] = ()) -> None:
+    """Write ``text`` to ``path`` if it is missing, one of ``replaceable`` or an older version of
+    ours (same first line); a file someone edited is left alone."""
+    try:
+        with open(path, "rb") as f:
+            current: Optional[bytes] = f.read()
+    except OSError:
+        current = None
+    ours = text.encode()
+    older = current is not None and current.startswith(ours[:20]) and current != ours
+    if current is None or current in (r.encode() for r in replaceable) or older:
+        try:
+            fd = os.open(path + f".tmp-{os.getpid()}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            os.replace(path + f".tmp-{os.getpid()}", path)
+        except OSError:
+            pass
+
+
 def _size_of(path: str) -> Optional[int]:
     try:
         return os.stat(path).st_size
@@ -369,5 +397,6 @@ def _meta_from_row(row: dict[str, Any]) -> EntryMeta:
         kind=row["kind"],
         tokens=row["tokens"],
         size=row["size"],
+        sample=row.get("sample"),
         usage=usage_from_row(row),
     )

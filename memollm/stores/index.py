@@ -30,6 +30,7 @@ CREATE TABLE IF NOT EXISTS entries (
     kind TEXT NOT NULL DEFAULT 'value',
     hits INTEGER NOT NULL DEFAULT 0,
     last_access REAL NOT NULL,
+    sample INTEGER,
     model TEXT,
     input_tokens INTEGER,
     output_tokens INTEGER,
@@ -58,6 +59,15 @@ CREATE TABLE IF NOT EXISTS stats (
     seconds_saved REAL NOT NULL DEFAULT 0,
     tokens_saved INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS history (
+    function TEXT NOT NULL,
+    hour INTEGER NOT NULL,
+    hits INTEGER NOT NULL DEFAULT 0,
+    misses INTEGER NOT NULL DEFAULT 0,
+    seconds_saved REAL NOT NULL DEFAULT 0,
+    tokens_saved INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (function, hour)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS saved (
     function TEXT NOT NULL,
     model TEXT NOT NULL,
@@ -71,8 +81,9 @@ CREATE TABLE IF NOT EXISTS saved (
 """
 
 #: Columns added since the first release, with their types: an older index gains them when opened
-#: (its rows read as "no usage recorded"), and older versions keep writing to it unharmed.
+#: (its rows read as NULL: no sample, no usage recorded), and older versions keep writing to it unharmed.
 _ADDED_COLUMNS = (
+    ("sample", "INTEGER"),
     ("model", "TEXT"),
     ("input_tokens", "INTEGER"),
     ("output_tokens", "INTEGER"),
@@ -80,7 +91,7 @@ _ADDED_COLUMNS = (
     ("cache_write_tokens", "INTEGER"),
 )
 USAGE_COLUMNS = "model, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens"
-_COLUMNS = "key, function, created, expires, size, duration, tokens, kind, hits, last_access, " + USAGE_COLUMNS
+_COLUMNS = "key, function, created, expires, size, duration, tokens, kind, hits, last_access, sample, " + USAGE_COLUMNS
 
 
 class Index:
@@ -216,10 +227,19 @@ class Index:
             conn.executemany("DELETE FROM entries WHERE key = ?", [(k,) for k in keys])
 
     def remove_function(self, function: Optional[str]) -> None:
-        if function is None:
-            self.execute("DELETE FROM entries")
-        else:
-            self.execute("DELETE FROM entries WHERE function = ?", (function,))
+        """Drop the rows of a function's entries (all if ``None``) and its usage counters: a
+        cleared function is gone from ``memollm stats``, as ``functools``' ``cache_clear()``
+        resets its statistics."""
+        conn = self._connect()
+        with _transaction(conn):
+            if function is None:
+                conn.execute("DELETE FROM entries")
+                conn.execute("DELETE FROM stats")
+                conn.execute("DELETE FROM saved")
+            else:
+                conn.execute("DELETE FROM entries WHERE function = ?", (function,))
+                conn.execute("DELETE FROM stats WHERE function = ?", (function,))
+                conn.execute("DELETE FROM saved WHERE function = ?", (function,))
 
     def rows(self, function: Optional[str] = None) -> Iterator[dict[str, Any]]:
         sql = f"SELECT {_COLUMNS} FROM entries"
@@ -263,10 +283,10 @@ class Index:
 
 
 _UPSERT = (
-    f"INSERT INTO entries ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
+    f"INSERT INTO entries ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
     "ON CONFLICT(key) DO UPDATE SET function=excluded.function, created=excluded.created, "
     "expires=excluded.expires, size=excluded.size, duration=excluded.duration, "
-    "tokens=excluded.tokens, kind=excluded.kind, last_access=excluded.last_access, "
+    "tokens=excluded.tokens, kind=excluded.kind, last_access=excluded.last_access, sample=excluded.sample, "
     "model=excluded.model, input_tokens=excluded.input_tokens, output_tokens=excluded.output_tokens, "
     "cache_read_tokens=excluded.cache_read_tokens, cache_write_tokens=excluded.cache_write_tokens"
 )
@@ -303,7 +323,7 @@ class _Closer:
 
 def _row(m: EntryMeta) -> tuple[Any, ...]:
     usage = m.usage.as_row() if m.usage is not None else (None, None, None, None, None)
-    return (m.key, m.function, m.created, m.expires, m.size, m.duration, m.tokens, m.kind, 0, m.created, *usage)
+    return (m.key, m.function, m.created, m.expires, m.size, m.duration, m.tokens, m.kind, 0, m.created, m.sample, *usage)
 
 
 def usage_from_row(row: dict[str, Any]) -> Optional[Usage]:

@@ -51,8 +51,7 @@ class MemoryStore(Store):
             for k, (m, data) in list(self._entries.items()):
                 if m.expired(now):
                     del self._entries[k]
-                    report.entries += 1
-                    report.bytes += len(data)
+                    report.removed(len(data), expired=True)
         return report
 
 

@@ -135,10 +135,7 @@ class TieredStore(Store):
         return self.remote.count(function)
 
     def prune(self) -> PruneReport:
-        local, remote = self.local.prune(), self.remote.prune()
-        return PruneReport(
-            local.entries + remote.entries, local.bytes + remote.bytes, local.leftovers + remote.leftovers, local.stale_rows + remote.stale_rows
-        )
+        return PruneReport().add(self.local.prune()).add(self.remote.prune())
 
     def close(self) -> None:
         self.remote.close()

@@ -4,7 +4,9 @@ Hits happen on the fast path, so they are buffered in memory and written by a ba
 thread in one transaction ten times a second (and at exit): a hit never waits for SQLite, and
 ``memollm stats`` run right after a call already sees it.
 The counters persist across runs so ``memollm stats`` can report them, and ``last_access``
-drives least-recently-used eviction.
+drives least-recently-used eviction. The same counters per function and hour (UTC epoch hours)
+make the history ``memollm report`` draws: one row per function and hour, written in the same
+batched transaction.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ class UsageLog:
         self._lock = threading.Lock()
         self._entry_hits: dict[str, list[Any]] = {}  # key -> [hits, last access, function]
         self._functions: dict[str, list[Any]] = {}  # function -> [hits, misses, seconds, tokens]
+        self._history: dict[tuple[str, int], list[Any]] = {}  # (function, hour) -> [hits, misses, seconds, tokens]
         self._saved: dict[tuple[str, Usage], int] = {}  # (function, usage) -> hits, priced when reported
         self._hits: list[tuple[str, str, float, int, float, Optional[Usage]]] = []
         _live_logs.add(self)
@@ -44,6 +47,7 @@ class UsageLog:
             _start_flusher()
         with self._lock:
             self._functions.setdefault(function, [0, 0, 0.0, 0])[1] += 1
+            self._history.setdefault((function, int(time.time() // 3600)), [0, 0, 0.0, 0])[1] += 1
 
     def flush(self) -> None:
         """Write what is buffered. While the index does not exist yet (a new cache dir, before
@@ -53,8 +57,9 @@ class UsageLog:
             self._tally()
             entry_hits, self._entry_hits = self._entry_hits, {}
             functions, self._functions = self._functions, {}
+            history, self._history = self._history, {}
             saved, self._saved = self._saved, {}
-        if not entry_hits and not functions:
+        if not entry_hits and not functions and not history:
             return
         try:
             conn = self.index._connect(create=False)
@@ -70,21 +75,37 @@ class UsageLog:
                     [(f, *c) for f, c in functions.items()],
                 )
                 conn.executemany(
+                    "INSERT INTO history (function, hour, hits, misses, seconds_saved, tokens_saved) VALUES (?,?,?,?,?,?) "
+                    "ON CONFLICT(function, hour) DO UPDATE SET hits = hits + excluded.hits, misses = misses + excluded.misses, "
+                    "seconds_saved = seconds_saved + excluded.seconds_saved, tokens_saved = tokens_saved + excluded.tokens_saved",
+                    [(f, hour, *c) for (f, hour), c in history.items()],
+                )
+                conn.executemany(
                     "INSERT INTO saved (function, model, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, hits) "
                     "VALUES (?,?,?,?,?,?,?) ON CONFLICT(function, model, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens) "
                     "DO UPDATE SET hits = hits + excluded.hits",
                     [(f, *u.as_row(), hits) for (f, u), hits in saved.items()],
                 )
         except FileNotFoundError:  # no index yet (flushes never create one): keep the tallies
-            self._keep(entry_hits, functions, saved)
+            self._keep(entry_hits, functions, history, saved)
         except Exception:  # usage is an accelerator's bookkeeping: never worth failing a call
             pass
 
-    def _keep(self, entry_hits: dict[str, list[Any]], functions: dict[str, list[Any]], saved: dict[tuple[str, Usage], int]) -> None:
-        """Merge tallies back into the buffer (bounded: one item per key, per function and per usage)."""
+    def _keep(
+        self,
+        entry_hits: dict[str, list[Any]],
+        functions: dict[str, list[Any]],
+        history: dict[tuple[str, int], list[Any]],
+        saved: dict[tuple[str, Usage], int],
+    ) -> None:
+        """Merge tallies back into the buffer (bounded: one item per key, per function, per hour and per usage)."""
         with self._lock:
             for item, hits in saved.items():
                 self._saved[item] = self._saved.get(item, 0) + hits
+            for bucket, counters in history.items():
+                mine = self._history.setdefault(bucket, [0, 0, 0.0, 0])
+                for i, value in enumerate(counters):
+                    mine[i] += value
             for key, (hits, when, function) in entry_hits.items():
                 entry = self._entry_hits.setdefault(key, [0, when, function])
                 entry[0] += hits
@@ -103,17 +124,18 @@ class UsageLog:
                 entry = self._entry_hits.setdefault(key, [0, when, function])
                 entry[0] += 1
                 entry[1] = max(entry[1], when)
-            counters = self._functions.setdefault(function, [0, 0, 0.0, 0])
-            counters[0] += 1
-            counters[2] += duration
-            counters[3] += tokens
+            for counters in (self._functions.setdefault(function, [0, 0, 0.0, 0]), self._history.setdefault((function, int(when // 3600)), [0, 0, 0.0, 0])):
+                counters[0] += 1
+                counters[2] += duration
+                counters[3] += tokens
             if usage is not None and usage.model is not None:
                 self._saved[(function, usage)] = self._saved.get((function, usage), 0) + 1
 
     def forget(self, function: Optional[str] = None, key: Optional[str] = None) -> None:
         """Drop the buffered per-entry hits of entries being deleted (one key, a function's, or
-        all), so they are not credited to an entry recorded again under the same key. The
-        function's counters keep them: those hits did happen."""
+        all), so they are not credited to an entry recorded again under the same key. Deleting
+        one entry keeps its function's counters (those hits did happen); clearing a function
+        (or all) drops them too, as the index's ``remove_function`` drops the persisted ones."""
         with self._lock:
             self._tally(lambda f, k: (function is not None and f != function) or (key is not None and k != key))
             self._entry_hits = {
@@ -121,6 +143,23 @@ class UsageLog:
                 for k, entry in self._entry_hits.items()
                 if (function is not None and entry[2] != function) or (key is not None and k != key)
             }
+            if key is None:
+                self._functions = {f: c for f, c in self._functions.items() if function is not None and f != function}
+                self._saved = {item: n for item, n in self._saved.items() if function is not None and item[0] != function}
+
+    def forget_history(self, function: Optional[str] = None) -> None:
+        """Drop the usage history of a cleared function (or of all): buffered and persisted."""
+        with self._lock:
+            self._tally()
+            self._history = {bucket: c for bucket, c in self._history.items() if function is not None and bucket[0] != function}
+        try:
+            conn = self.index._connect(create=False)
+            if function is None:
+                conn.execute("DELETE FROM history")
+            else:
+                conn.execute("DELETE FROM history WHERE function = ?", (function,))
+        except Exception:  # no index yet, or an unusable one: there is no history to drop
+            pass
 
     def totals(self, function: Optional[str] = None) -> list[dict[str, Any]]:
         """Persisted counters per function (after flushing this process's buffer)."""
@@ -130,6 +169,16 @@ class UsageLog:
         rows = conn.execute(sql + " WHERE function = ?", (function,)) if function else conn.execute(sql + " ORDER BY function")
         names = ["function", "hits", "misses", "seconds_saved", "tokens_saved"]
         return [dict(zip(names, row)) for row in rows]
+
+    def history(self, function: Optional[str] = None) -> list[dict[str, Any]]:
+        """Persisted counters per function and hour, oldest first: ``hour`` is the start of the
+        hour in epoch seconds (UTC); then ``hits``, ``misses``, ``seconds_saved``, ``tokens_saved``."""
+        self.flush()
+        conn = self.index._connect()
+        sql = "SELECT function, hour, hits, misses, seconds_saved, tokens_saved FROM history"
+        rows = conn.execute(sql + " WHERE function = ? ORDER BY hour", (function,)) if function else conn.execute(sql + " ORDER BY hour, function")
+        names = ["function", "hour", "hits", "misses", "seconds_saved", "tokens_saved"]
+        return [{**dict(zip(names, row)), "hour": row[1] * 3600} for row in rows]
 
     def saved(self) -> dict[str, dict[Usage, int]]:
         """Persisted hits per function and token usage (after flushing this process's buffer)."""
@@ -163,7 +212,7 @@ def _start_flusher() -> None:
         if _flusher_pid != os.getpid():
             if _flusher_pid:  # a forked child: what is buffered belongs to the parent, which writes it
                 for log in list(_live_logs):
-                    log._hits, log._entry_hits, log._functions, log._saved = [], {}, {}, {}
+                    log._hits, log._entry_hits, log._functions, log._history, log._saved = [], {}, {}, {}, {}
             threading.Thread(target=_flush_loop, name="memollm-usage", daemon=True).start()
             _flusher_pid = os.getpid()
 

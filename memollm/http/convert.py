@@ -1,0 +1,192 @@
+"""Requests and responses of httpx/httpx2, to and from memollm's own small forms.
+
+A request becomes the tree its key is made of: method, scheme, host, port, path, the query
+sorted, the JSON body normalized as decorator arguments are (secret-looking fields dropped), and
+the chosen ``key_headers``. Credentials never enter it, whatever ``key_headers`` says. A
+response is stored as its status, its headers without cookies or credentials, and its body.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any, Optional
+
+import msgpack
+
+from .. import keys
+
+CREDENTIAL_HEADERS = frozenset({"authorization", "x-api-key", "api-key", "cookie", "proxy-authorization"})
+"""Request headers that never reach a key or the disk."""
+UNSTORED_HEADERS = CREDENTIAL_HEADERS | {"set-cookie", "set-cookie2"}
+"""Response headers left out of stored entries."""
+DEFAULT_KEY_HEADERS = ("anthropic-version", "anthropic-beta", "openai-beta")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def is_json(content_type: Optional[str]) -> bool:
+    """``application/json``, ``application/vnd.x+json``... (parameters ignored)."""
+    if not content_type:
+        return False
+    media = content_type.partition(";")[0].strip().lower()
+    return media == "application/json" or media.endswith("+json")
+
+
+def is_event_stream(content_type: Optional[str]) -> bool:
+    return bool(content_type) and content_type.partition(";")[0].strip().lower() == "text/event-stream"  # type: ignore[union-attr]
+
+
+def default_match(request: Any) -> bool:
+    """What is cached unless ``match=`` says otherwise: POST requests with a JSON body."""
+    return request.method == "POST" and is_json(request.headers.get("content-type"))
+
+
+def json_post(method: str, content_type: Optional[str]) -> bool:
+    """``default_match`` on what ``examine`` found."""
+    return method == "POST" and is_json(content_type)
+
+
+def parse_key_headers(names: Any, owner: str) -> tuple[str, ...]:
+    """``key_headers=``: header names (any case); credentials refused with the reason."""
+    if isinstance(names, str) or not isinstance(names, Iterable):
+        raise TypeError(f"{owner}(key_headers=...) must be a list of header names, not {type(names).__name__} {names!r}")
+    parsed = []
+    for name in names:
+        if not isinstance(name, str) or not name.strip():
+            raise TypeError(f"{owner}(key_headers=...) must hold header names (non-empty str), got {name!r}")
+        lowered = name.strip().lower()
+        if lowered in CREDENTIAL_HEADERS:
+            raise ValueError(
+                f"{owner}(key_headers=...) names {name!r}, a credential header: credentials never enter keys or the "
+                "disk. Leave it out (requests with different keys but the same content share an entry)"
+            )
+        parsed.append(lowered)
+    return tuple(sorted(set(parsed)))
+
+
+def function_id(parts: dict[str, Any]) -> str:
+    """The "function" HTTP entries are listed under: ``http:POST api.openai.com/v1/chat/completions``
+    (from ``request_parts``; the port only when it is not the scheme's default)."""
+    host, port = parts["host"], parts["port"]
+    if port != _DEFAULT_PORTS.get(parts["scheme"]):
+        host = f"{host}:{port}"
+    return f"http:{parts['method']} {host}{parts['path']}"
+
+
+def body_tree(content: bytes, content_type: Optional[str]) -> Any:
+    """The body as keyed: parsed JSON (top-level secret fields dropped), else the raw bytes."""
+    if not content:
+        return None
+    if is_json(content_type):
+        try:
+            data = json.loads(content)
+        except ValueError:
+            return content
+        if type(data) is dict:
+            for name in [n for n in data if keys.is_secret_name(n)]:
+                del data[name]
+        return data
+    return content
+
+
+_body_memo: dict[bytes, bytes] = {}  # JSON body -> its packed tree (SDKs send identical bytes)
+_memo_bytes = [0]
+MEMO_BYTES_MAX = 8 * 2**20
+MEMO_ITEM_MAX = 256 * 2**10
+
+
+def packed_body(content: bytes, content_type: Optional[str]) -> bytes:
+    """``body_tree`` packed; a JSON body seen before is not parsed again (bounded memory)."""
+    if not is_json(content_type):
+        return keys.pack_normalized(body_tree(content, content_type), "the request body")
+    packed = _body_memo.get(content)
+    if packed is None:
+        packed = keys.pack_normalized(body_tree(content, content_type), "the request body")
+        size = len(content) + len(packed)
+        if len(content) <= MEMO_ITEM_MAX:
+            if _memo_bytes[0] + size > MEMO_BYTES_MAX:
+                _body_memo.clear()
+                _memo_bytes[0] = 0
+            _body_memo[content] = packed
+            _memo_bytes[0] += size
+    return packed
+
+
+def examine(request: Any, key_headers: frozenset[bytes]) -> tuple[Optional[str], Optional[dict[str, str]]]:
+    """The request's content type and its ``key_headers`` present, in one pass over its headers."""
+    content_type = None
+    chosen = None
+    for name, value in request.headers.raw:
+        lowered = name.lower()
+        if lowered == b"content-type":
+            content_type = value.decode("latin-1")
+        elif lowered in key_headers:
+            if chosen is None:
+                chosen = {}
+            header = lowered.decode("latin-1")
+            chosen[header] = request.headers.get(header)  # decoded as the library decodes it
+    return content_type, chosen
+
+
+def is_secret_query(name: str) -> bool:
+    """Query parameters that carry credentials (``?key=`` of Google's APIs, ``api_key``...)."""
+    return name.lower() in ("key", "api-key") or keys.is_secret_name(name)
+
+
+def request_parts(request: Any, chosen: Optional[dict[str, str]]) -> dict[str, Any]:
+    """Everything the key is made of besides the body: method, URL parts, the key headers."""
+    url = request.url
+    parts: dict[str, Any] = {
+        "method": request.method,
+        "scheme": url.scheme,
+        "host": url.host,
+        "port": url.port or _DEFAULT_PORTS.get(url.scheme),
+        "path": url.path,
+        "query": sorted(item for item in url.params.multi_items() if not is_secret_query(item[0])) if url.query else [],
+    }
+    if chosen:
+        parts["headers"] = chosen
+    return parts
+
+
+_BODY = msgpack.packb("body")
+
+
+def pack_request(parts: dict[str, Any], body: bytes) -> bytes:
+    """The normalized request, packed: the same bytes as ``keys.pack_normalized({**parts, "body":
+    tree})`` for ``body`` the packed tree ("body" sorts before every other part, and the parts
+    are fewer than 15: a one-byte map header)."""
+    packed = keys.pack_normalized(parts, "the request")
+    return bytes((packed[0] + 1,)) + _BODY + body + packed[1:]
+
+
+def stored_headers(headers: Any) -> list[list[str]]:
+    """A response's headers as stored: in order, without cookies or credentials."""
+    return [[k, v] for k, v in headers.multi_items() if k.lower() not in UNSTORED_HEADERS]
+
+
+def head(response: Any) -> dict[str, Any]:
+    """A response's status and stored headers (what a recorded stream keeps besides its chunks)."""
+    return {"status": response.status_code, "headers": stored_headers(response.headers)}
+
+
+def usage_of(data: Any) -> Any:
+    """The token usage a provider's JSON reports (Chat Completions, Messages, Responses and their
+    stream events), in the shape ``stats.tokens_of`` reads; ``None`` if none."""
+    if type(data) is not dict:
+        return None
+    usage = data.get("usage")
+    if usage is None:
+        inner = data.get("response") if isinstance(data.get("response"), dict) else data.get("message")
+        if isinstance(inner, dict):
+            usage = inner.get("usage")
+    return usage if isinstance(usage, dict) else None
+
+
+def json_usage(body: bytes, content_type: Optional[str]) -> Any:
+    if not is_json(content_type) or b'"usage"' not in body:
+        return None
+    try:
+        return usage_of(json.loads(body))
+    except ValueError:
+        return None
