@@ -364,3 +364,35 @@ def test_a_rebuilt_index_has_the_usage_of_every_entry(tmp_path):
         assert [m.usage for m in store.entries()] == [Usage(GPT, 300, 30, 100, 0)]
     finally:
         store.close()
+
+
+# -- the HTTP layer -----------------------------------------------------------------------------
+
+
+def test_http_layer_entries_are_priced_plain_and_streamed(tmp_path, server):
+    """The HTTP front door reads usage and model from the JSON body or the SSE events, so its
+    entries are priced too, per ``http:METHOD host/path`` function."""
+    httpx2 = pytest.importorskip("httpx2")
+    import memollm
+    import memollm.http
+
+    transport = memollm.http.CachingTransport(cache_dir=tmp_path)
+    client = openai.OpenAI(api_key="sk-test", base_url=server.base_url, max_retries=0, http_client=httpx2.Client(transport=transport))
+    try:
+        with memollm.observe() as calls:
+            first = client.chat.completions.create(model=GPT, messages=ask("one two three"))
+            client.chat.completions.create(model=GPT, messages=ask("one two three"))
+            chunks = list(client.chat.completions.create(model=GPT, messages=ask("four five"), stream=True, stream_options={"include_usage": True}))
+            list(client.chat.completions.create(model=GPT, messages=ask("four five"), stream=True, stream_options={"include_usage": True}))
+    finally:
+        client.close()
+    plain = dollars(GPT, input_tokens=first.usage.prompt_tokens, output_tokens=first.usage.completion_tokens)
+    streamed = dollars(GPT, input_tokens=chunks[-1].usage.prompt_tokens, output_tokens=chunks[-1].usage.completion_tokens)
+    assert [c.outcome for c in calls] == ["miss", "hit", "miss", "hit"]
+    assert calls[0].function.startswith("http:POST 127.0.0.1:") and calls[0].function.endswith("/v1/chat/completions")
+    assert calls[1].dollars_saved == pytest.approx(plain) and calls[3].dollars_saved == pytest.approx(streamed)
+    assert transport.cache_info().dollars_saved == pytest.approx(plain + streamed)
+    assert server.request_count == 2
+    time.sleep(0.3)  # the usage thread flushes
+    figures = json.loads(run_cli("stats", "--json", "--cache-dir", str(tmp_path)).stdout)
+    assert figures["dollars_saved"] == pytest.approx(plain + streamed)
