@@ -84,17 +84,61 @@ def price(usage: Optional[Usage]) -> Optional[float]:
     return float(found.total_price)
 
 
+LINEAR_MIN = 8
+"""Distinct usages of one model from which ``total`` prices them with per-token rates."""
+
+
 def total(hits_per_usage: "dict[Usage, int]") -> Optional[float]:
     """Dollars of ``hits`` calls of each usage: ``0.0`` for none; ``None`` without a table, or when
-    no usage has a known price. Usage of unknown models adds nothing (never a guess)."""
+    no usage has a known price. Usage of unknown models adds nothing (never a guess).
+
+    Pricing one usage costs the table ~0.1 ms, so many usages of a model (a large cache dir) are
+    priced with its per-token rates, after checking that they give the table's own price for the
+    smallest and the largest input of the lot; a model whose price is not linear there (a price
+    tier above some prompt size) has each usage priced by the table.
+    """
     if not hits_per_usage:
         return 0.0 if available() else None
     if _calculator() is None:
         return None
-    dollars, priced = 0.0, False
+    by_model: dict[Optional[str], list[tuple[Usage, int]]] = {}
     for usage, hits in hits_per_usage.items():
-        each = price(usage)
-        if each is not None:
-            dollars += each * hits
+        by_model.setdefault(usage.model, []).append((usage, hits))
+    dollars, priced = 0.0, False
+    for model, items in by_model.items():
+        rates = _rates(model) if model is not None and len(items) >= LINEAR_MIN else None
+        if rates is not None and _linear_for(rates, items):
+            dollars += sum(_at(rates, usage) * hits for usage, hits in items)
             priced = True
+            continue
+        for usage, hits in items:
+            each = price(usage)
+            if each is not None:
+                dollars += each * hits
+                priced = True
     return dollars if priced else None
+
+
+@functools.lru_cache(maxsize=1024)
+def _rates(model: str) -> Optional[tuple[float, float, float, float]]:
+    """Dollars per input, output, cache-read and cache-write token (the smallest prompt's rates),
+    or ``None`` for a model without a known price."""
+    unit = [price(Usage(model, 1)), price(Usage(model, 0, 1)), price(Usage(model, 1, 0, 1)), price(Usage(model, 1, 0, 0, 1))]
+    if any(rate is None for rate in unit):
+        return None
+    return unit[0], unit[1], unit[2], unit[3]  # type: ignore[return-value]
+
+
+def _at(rates: tuple[float, float, float, float], usage: Usage) -> float:
+    uncached = usage.input - usage.cache_read - usage.cache_write
+    return rates[0] * uncached + rates[1] * usage.output + rates[2] * usage.cache_read + rates[3] * usage.cache_write
+
+
+def _linear_for(rates: tuple[float, float, float, float], items: list[tuple[Usage, int]]) -> bool:
+    """Whether the rates give the table's price for the smallest and the largest input of ``items``."""
+    ends = (min(items, key=lambda item: item[0].input)[0], max(items, key=lambda item: item[0].input)[0])
+    for usage in ends:
+        exact = price(usage)
+        if exact is None or abs(_at(rates, usage) - exact) > 1e-9 * max(1.0, exact):
+            return False
+    return True

@@ -396,3 +396,29 @@ def test_http_layer_entries_are_priced_plain_and_streamed(tmp_path, server):
     time.sleep(0.3)  # the usage thread flushes
     figures = json.loads(run_cli("stats", "--json", "--cache-dir", str(tmp_path)).stdout)
     assert figures["dollars_saved"] == pytest.approx(plain + streamed)
+
+
+@pytest.mark.parametrize("model", [GPT, "claude-sonnet-4-20250514", "gemini-2.5-pro"])
+def test_many_usages_are_priced_exactly_as_the_table_prices_each(model):
+    """``memollm stats`` on a large dir prices thousands of usages: per-token rates where the
+    table's price is linear over them, each usage where it is not (gemini-2.5-pro's price rises
+    above 200k prompt tokens); either way the table's own figure, never an approximation."""
+    import random
+
+    from memollm import prices
+
+    rng = random.Random(7)
+    hits = {}
+    for _ in range(300):
+        given = rng.choice([rng.randint(10, 5_000), rng.randint(150_000, 400_000)])
+        read = rng.randint(0, given // 2)
+        written = rng.randint(0, (given - read) // 3) if model.startswith("claude") else 0
+        output = rng.randint(1, 2_000)
+        hits[Usage(model, given, output, read, written)] = rng.randint(1, 5)
+    expected = 0.0
+    for usage, n in hits.items():
+        tokens = {"input_tokens": usage.input, "output_tokens": usage.output, "cache_read_tokens": usage.cache_read}
+        if usage.cache_write:
+            tokens["cache_write_tokens"] = usage.cache_write
+        expected += n * float(genai_prices.calc_price(genai_prices.Usage(**tokens), model).total_price)
+    assert prices.total(hits) == pytest.approx(expected, rel=1e-12)
