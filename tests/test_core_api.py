@@ -432,14 +432,14 @@ def test_wrong_arguments_raise_the_functions_own_typeerror(tmp_path: Path) -> No
 def test_ttl_expiry(tmp_path: Path) -> None:
     calls = []
 
-    @cache_llm(cache_dir=tmp_path, ttl=0.2)
+    @cache_llm(cache_dir=tmp_path, ttl=1.0)  # (long enough for a loaded machine to make the second call in time)
     def f(x: int) -> int:
         calls.append(x)
         return len(calls)
 
     assert f(1) == 1
     assert f(1) == 1
-    time.sleep(0.25)
+    time.sleep(1.05)
     assert f(1) == 2  # expired: recomputed and overwritten
     assert f(1) == 2
     assert f.cache_info().entries == 1
