@@ -28,7 +28,7 @@ if ROOT not in sys.path:
 
 from benchmarks import common  # noqa: E402
 
-SECTIONS = ["hit", "key", "miss", "streams", "redis", "processes", "http", "savings", "scale"]  # scale last: its heavy disk I/O would disturb the others
+SECTIONS = ["hit", "observe", "key", "miss", "streams", "redis", "processes", "http", "savings", "scale"]  # scale last: its heavy disk I/O would disturb the others
 MODULES = {"redis": "redis_hit"}  # a module named redis.py would shadow redis-py (benchmarks/ is on sys.path)
 DEFAULT_OUT = os.path.join(ROOT, "benchmarks", "results")
 

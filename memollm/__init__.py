@@ -8,6 +8,7 @@ from .core import Explanation, sample
 from .decorator import CachedFunction, cache_llm
 from .errors import CacheMiss, CacheWarning, UncacheableValueWarning
 from .modes import Mode, cache_mode
+from .observers import CallRecord, observe
 from .stats import CacheInfo
 
 __version__ = "0.1.0"
@@ -17,11 +18,13 @@ __all__ = [
     "CacheMiss",
     "CacheWarning",
     "CachedFunction",
+    "CallRecord",
     "Explanation",
     "Mode",
     "UncacheableValueWarning",
     "cache_llm",
     "cache_mode",
+    "observe",
     "sample",
     "__version__",
 ]

@@ -20,6 +20,7 @@ from .core import explain as explaining
 from .entry import Stream
 from .errors import CacheMiss
 from .modes import Mode, current_mode
+from .observers import OFFLINE_MISS
 from .report import warn_uncacheable
 from .stats import CacheInfo
 from .stores.base import Store
@@ -60,7 +61,7 @@ class _Engine:
             keys.normalize(version, "cache_llm(version=...)"),
         ]
         self.keys = keys.KeyMaker(identity, self.signature, ignore)
-        self.cache = Cache(options, "cache_llm", identity)
+        self.cache = Cache(options, "cache_llm", identity, self.function_id)
         self.realtime = options.realtime
 
     # -- key ------------------------------------------------------------------------------
@@ -117,6 +118,7 @@ class _Engine:
         cache = self.cache
         mode = current_mode(cache.mode)
         if mode is _OFF:
+            cache.bypass(self.function_id)
             return None
         if (instance is _PLAIN or instance is None) and self.key_fn is None:  # the common case, without call_key's frame
             try:
@@ -124,10 +126,12 @@ class _Engine:
             except keys.Unkeyable:
                 raise
             except TypeError:
+                cache.bypass(self.function_id)
                 return None
         else:
             maybe_key = self.call_key(instance, args, kwargs)
             if maybe_key is None:
+                cache.bypass(self.function_id)
                 return None
             key = maybe_key
         base = key
@@ -141,8 +145,9 @@ class _Engine:
             value = cache.lookup(store, self.function_id, key)
         if value is MISSING and mode is _OFFLINE:
             if not self._fits(self.full_args(instance, args), kwargs):
-                return None  # a call the function rejects: let it raise its own TypeError
-            cache.note_miss(store, self.function_id, key)
+                cache.bypass(self.function_id)  # a call the function rejects: let it raise its own TypeError
+                return None
+            cache.note_miss(store, self.function_id, key, OFFLINE_MISS, sample)
             raise self.offline_miss(store, base, key, sample, self.request(instance, args, kwargs))
         return mode, store, key, value, sample
 
@@ -210,7 +215,7 @@ class _Engine:
         if value is not MISSING:
             return self.deliver(value, False)
         try:
-            self.cache.note_miss(store, self.function_id, key)
+            self.cache.note_miss(store, self.function_id, key, sample=plan[4])
             request = self.request(instance, args, kwargs)
             start = time.perf_counter()
             result = wrapped(*args, **kwargs)
@@ -229,7 +234,7 @@ class _Engine:
         if value is not MISSING:
             return self.deliver(value, True)
         try:
-            self.cache.note_miss(plan[1], self.function_id, plan[2])
+            self.cache.note_miss(plan[1], self.function_id, plan[2], sample=plan[4])
             request = self.request(instance, args, kwargs)
             start = time.perf_counter()
             result = await wrapped(*args, **kwargs)
@@ -269,7 +274,7 @@ class _Engine:
             raise
         finish = self.cache.finisher(mode, store, self.function_id, key, release, request, sample)
         try:
-            self.cache.note_miss(store, self.function_id, key)
+            self.cache.note_miss(store, self.function_id, key, sample=sample)
             source = wrapped(*args, **kwargs)
         except BaseException:
             finish(None, None)

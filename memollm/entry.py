@@ -6,8 +6,10 @@ Layout of the bytes (the same on disk, in memory and in Redis)::
     | header (msgpack map) | body (codec bytes) | xxh3-128 of all the above (16 bytes)
     | HMAC-SHA256 of all the above (32 bytes, only when signed)
 
-The header carries the function, key, created/expires times, the original call's duration and
-the kind ("value" or "stream"), so an entry can be listed, expired and indexed on its own.
+The header carries the function, key, created/expires times, the original call's duration,
+the kind ("value" or "stream") and the token usage (``"u"``: model, input, output, cache read,
+cache write; absent when the result reported none), so an entry can be listed, expired, indexed
+and priced on its own.
 A checksum mismatch, a bad signature or any malformed byte makes the entry unreadable: a miss.
 """
 
@@ -24,6 +26,7 @@ import msgpack
 import xxhash
 
 from . import codec
+from .stats import Usage
 
 try:
     import ormsgpack
@@ -65,6 +68,8 @@ class EntryMeta:
     identity: Optional[list[Any]] = None
     #: The sample index under ``cache_llm(samples=N)`` (``None`` otherwise).
     sample: Optional[int] = None
+    #: The tokens the result used, by model (``None``: it reported none, or the entry predates it).
+    usage: Optional[Usage] = None
 
     def expired(self, now: Optional[float] = None) -> bool:
         return self.expires is not None and (time.time() if now is None else now) >= self.expires
@@ -85,7 +90,33 @@ class EntryMeta:
             header["identity"] = self.identity
         if self.sample is not None:
             header["sample"] = self.sample
+        if self.usage is not None:
+            header["u"] = list(self.usage.as_row())
         return header
+
+
+def meta_from_header(h: dict[str, Any], size: int) -> EntryMeta:
+    """The metadata an entry header describes (raises on a malformed one); entries written before
+    a field existed read with its default."""
+    u = h.get("u")
+    usage = None
+    if u is not None:
+        model, counts = u[0], [int(n) for n in u[1:5]]
+        usage = Usage(None if model is None else str(model), *counts)
+    return EntryMeta(
+        function=h["fn"],
+        key=h["key"],
+        created=float(h["created"]),
+        expires=None if h["expires"] is None else float(h["expires"]),
+        duration=float(h.get("duration", 0.0)),
+        kind=h.get("kind", KIND_VALUE),
+        tokens=int(h.get("tokens", 0) or 0),
+        size=size,
+        request=h.get("request"),
+        identity=h.get("identity"),
+        sample=h.get("sample"),
+        usage=usage,
+    )
 
 
 @dataclass
@@ -165,20 +196,7 @@ def read_meta(data: bytes, secret: Optional[bytes] = None) -> tuple[EntryMeta, m
         raise CorruptEntry("entry checksum mismatch (torn or altered)")
     start = _PREFIX.size
     try:
-        h = _unpack_header(view[start : start + header_len])
-        meta = EntryMeta(
-            function=h["fn"],
-            key=h["key"],
-            created=float(h["created"]),
-            expires=None if h["expires"] is None else float(h["expires"]),
-            duration=float(h.get("duration", 0.0)),
-            kind=h.get("kind", KIND_VALUE),
-            tokens=int(h.get("tokens", 0) or 0),
-            size=len(data),
-            request=h.get("request"),
-            identity=h.get("identity"),
-            sample=h.get("sample"),
-        )
+        meta = meta_from_header(_unpack_header(view[start : start + header_len]), len(data))
     except Exception as exc:
         raise CorruptEntry(f"bad entry header: {exc}") from exc
     return meta, view[start + header_len : body_end]

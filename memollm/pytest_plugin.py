@@ -28,10 +28,10 @@ from typing import Any, Iterator, Optional
 import pytest
 
 from . import config as memollm_config
-from . import observe
+from . import observers, prices
 from .entry import EntryMeta
 from .modes import MODE_ENV, Mode, cache_mode, current_mode, parse_mode
-from .stats import CacheInfo
+from .stats import CacheInfo, Usage
 from .stores.backend import call_id
 from .stores.base import Store
 from .stores.disk import DiskStore
@@ -129,8 +129,8 @@ def pytest_configure(config: pytest.Config) -> None:
             raise pytest.UsageError(str(exc)) from None
     if state.report_unused:
         state.stores_before = {id(s) for s in list(memollm_config._disk_stores.values())}
-        state.observers.append((observe.read_observers, state.on_read))
-        misses = getattr(observe, "miss_observers", None)
+        state.observers.append((observers.read_observers, state.on_read))
+        misses = getattr(observers, "miss_observers", None)
         if misses is not None:
             state.observers.append((misses, state.on_miss))
         for registry, observer in state.observers:
@@ -260,7 +260,7 @@ class MemollmCacheFixture:
         return len(self.missed)
 
     def stats(self) -> CacheInfo:
-        """Hits, misses, seconds and tokens saved during this test; entries and bytes of ``cache_dir``."""
+        """Hits, misses, seconds, tokens and dollars saved during this test; entries and bytes of ``cache_dir``."""
         entries = size = 0
         if os.path.isdir(self.cache_dir):
             for meta in self.store.entries():
@@ -273,7 +273,15 @@ class MemollmCacheFixture:
             bytes=size,
             seconds_saved=sum(m.duration for m in self.reads),
             tokens_saved=sum(m.tokens for m in self.reads),
+            dollars_saved=prices.total(self._usage_read()),
         )
+
+    def _usage_read(self) -> dict[Usage, int]:
+        per: dict[Usage, int] = {}
+        for meta in self.reads:
+            if meta.usage is not None:
+                per[meta.usage] = per.get(meta.usage, 0) + 1
+        return per
 
     @property
     def info(self) -> CacheInfo:
@@ -294,8 +302,8 @@ class MemollmCacheFixture:
 def memollm_cache() -> Iterator[MemollmCacheFixture]:
     """The memollm cache dir and mode in effect for this test, its store, and this test's hits and misses."""
     cache = MemollmCacheFixture()
-    registries: list[tuple[list[Any], Any]] = [(observe.read_observers, cache._on_read)]
-    misses = getattr(observe, "miss_observers", None)
+    registries: list[tuple[list[Any], Any]] = [(observers.read_observers, cache._on_read)]
+    misses = getattr(observers, "miss_observers", None)
     if misses is not None:
         registries.append((misses, cache._on_miss))
     for registry, observer in registries:

@@ -13,7 +13,7 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SECTIONS = {"hit", "key", "miss", "scale", "streams", "redis", "processes", "http", "savings"}
+SECTIONS = {"hit", "observe", "key", "miss", "scale", "streams", "redis", "processes", "http", "savings"}
 
 pytestmark = pytest.mark.bench
 

@@ -347,7 +347,7 @@ def test_event_watcher_finds_terminal_events_split_anywhere(split: int) -> None:
     watcher = EventWatcher()
     for byte in b'data: {"type":"response.completed","response":{"usage":{"total_tokens":9}}}\n\n':
         watcher.feed(bytes([byte]))
-    assert watcher.usage == [{"total_tokens": 9}]
+    assert watcher.usage == [{"model": None, "usage": {"total_tokens": 9}}]
 
 
 # -- modes --------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import subprocess
 
 import pytest
 
-from memollm import observe
+from memollm import observers
 
 pytest_plugins = ["pytester"]
 
@@ -255,7 +255,7 @@ def test_a_failed_marker_leaves_nothing_behind(memollm_cache):
     result.stdout.fnmatch_lines(["*TypeError: *@pytest.mark.memollm(cache_dir=...) must be a path, not int"])
 
 
-@pytest.mark.skipif(not hasattr(observe, "miss_observers"), reason="needs the miss hook observe.miss_observers")
+@pytest.mark.skipif(not hasattr(observers, "miss_observers"), reason="needs the miss hook observers.miss_observers")
 def test_fixture_counts_misses(pytester, cache_dir):
     pytester.makepyfile(
         test_misses=ASK
@@ -399,3 +399,25 @@ def test_marker_works(memollm_cache):
         result.assert_outcomes(passed=1)
     result = pytester.runpytest("-p", "no:hypothesispytest", "--help")
     result.stdout.fnmatch_lines(["*--memollm-mode=MODE*", "*--memollm-report-unused*"])
+
+
+def test_fixture_reports_this_tests_dollars_saved(pytester, cache_dir):
+    pytest.importorskip("genai_prices")
+    pytester.makepyfile(
+        test_fixture_dollars='''
+import genai_prices
+import pytest
+import memollm
+
+@memollm.cache_llm
+def chat(prompt):
+    return {"model": "gpt-4o-mini", "usage": {"prompt_tokens": 500, "completion_tokens": 50, "total_tokens": 550}}
+
+@pytest.mark.memollm(cache_dir="dollars-cache")
+def test_dollars(memollm_cache):
+    chat("a"); chat("a"); chat("a")
+    one = float(genai_prices.calc_price(genai_prices.Usage(input_tokens=500, output_tokens=50), "gpt-4o-mini").total_price)
+    assert memollm_cache.stats().dollars_saved == pytest.approx(2 * one)
+'''
+    )
+    pytester.runpytest(*PLUGIN).assert_outcomes(passed=1)

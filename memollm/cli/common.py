@@ -8,9 +8,11 @@ import os
 import sqlite3
 from typing import Any, Iterable, Optional
 
+from .. import prices
 from ..config import default_cache_dir
 from ..entry import EntryMeta
 from ..keys import readable
+from ..stats import Usage
 from ..stores.backend import STAGING_DIRNAME
 from ..stores.disk import DiskStore
 from ..stores.index import INDEX_FILENAME
@@ -129,6 +131,17 @@ def persisted_counters(store: Any) -> dict[str, dict[str, Any]]:
     return {str(row["function"]): dict(row) for row in rows if isinstance(row, dict) and "function" in row}
 
 
+def persisted_usage(store: Any) -> dict[str, dict[Usage, int]]:
+    """Persisted hits per function and token usage (``store.usage.saved()``), like ``persisted_counters``."""
+    saved = getattr(getattr(store, "usage", None), "saved", None)
+    if not callable(saved):
+        return {}
+    try:
+        return dict(saved())
+    except Exception:  # usage figures are best effort
+        return {}
+
+
 class CacheDir:
     """A cache dir opened for the CLI; ``store`` is ``None`` when it holds no cache yet."""
 
@@ -194,10 +207,17 @@ class CacheDir:
         """Per-function figures of ``rows``, with the counters the dir persisted. A function with
         no entry left is listed only while it has counters that were not cleared."""
         per: dict[str, FunctionStats] = {}
+        saved: dict[str, dict[Usage, int]] = {}  # function -> hits per token usage, priced below
         for row in rows:
             per.setdefault(row.function, FunctionStats(row.function)).add(row)
+            usage = row.meta.usage
+            if row.hits and usage is not None:
+                mine = saved.setdefault(row.function, {})
+                mine[usage] = mine.get(usage, 0) + row.hits
         if self.store is not None:
+            persisted_saved = persisted_usage(self.store)
             for function, counters in persisted_counters(self.store).items():
+                saved[function] = persisted_saved.get(function, {})  # the persisted hits, like the counters
                 stats = per.get(function)
                 if stats is None:
                     if not any(counters.get(name) for name in COUNTER_NAMES):
@@ -206,6 +226,9 @@ class CacheDir:
                 for name in COUNTER_NAMES:
                     if counters.get(name) is not None:
                         setattr(stats, name, counters[name])
+        for function, stats in per.items():
+            if stats.dollars_saved is None:
+                stats.dollars_saved = prices.total(saved.get(function, {}))
         return [per[name] for name in sorted(per)]
 
     def find(self, key: str) -> Listed:

@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import Optional
 
+from .. import prices
 from .common import EXIT_OK, CacheDir, FunctionStats, Listed, match_functions, persisted_counters
 from .ui import console, human_dollars, human_duration, human_size, print_json, print_table
 
@@ -37,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
         stats, total, persisted = collect(cache, args.function)
     if args.json:
         functions = {s.function: s.to_json() for s in stats}
-        print_json(sys.stdout, {"cache_dir": cache.path, **total.to_json(), "functions": functions})
+        print_json(sys.stdout, {"cache_dir": cache.path, **total.to_json(), "price_table": prices.source(), "functions": functions})
         return EXIT_OK
     out = console()
     out.print(f"cache dir: {cache.path}", markup=False)
@@ -72,4 +73,11 @@ def run(args: argparse.Namespace) -> int:
         markup=False,
         style="dim",
     )
+    table = prices.source()
+    note = (
+        f"DOLLARS SAVED: the hits' tokens at today's prices ({table}); models it does not know add nothing."
+        if table
+        else "No price table installed (pip install 'memollm[prices]'): no dollars."
+    )
+    out.print(note, markup=False, style="dim")
     return EXIT_OK

@@ -24,7 +24,7 @@ from typing import Any, Callable, Optional
 
 import msgpack
 
-from .. import flight, observe, streams
+from .. import flight, observers, otel, streams
 from ..codec import UndecodableValue, UnencodableValue, decode, decode_for_display
 from ..config import cache_dir_for, disk_store, is_open
 from ..entry import KIND_STREAM, KIND_VALUE, CorruptEntry, EntryMeta, Stream, decode_body, encode_value, pack_entry_in_place, read_meta
@@ -32,7 +32,7 @@ from ..errors import CacheMiss
 from ..keys import KEY_FORMAT
 from ..modes import Mode, current_mode
 from ..report import warn_once, warn_uncacheable
-from ..stats import CacheInfo, Counters, tokens_of
+from ..stats import CacheInfo, Counters, Usage, tokens_of, usage_of
 from ..stores.base import Store
 from ..trust import UntrustedCacheDir
 from . import explain as explaining
@@ -82,8 +82,12 @@ def _noop() -> None:
 class Cache:
     """One front door's cache: its options, its counters, and every step of a cached call."""
 
-    def __init__(self, options: CacheOptions, owner: str, identity: list[Any]) -> None:
+    def __init__(self, options: CacheOptions, owner: str, identity: list[Any], function: Optional[str] = None) -> None:
         self.options = options
+        #: The one function this cache serves (a decorated function), or ``None`` for a front door
+        #: that caches several (the HTTP transports): each then also gets counters of its own.
+        self.function = function
+        self.by_function: dict[str, Counters] = {}
         self.owner = owner  #: names the front door in messages ("cache_llm", "CachingTransport"...)
         self.identity = [KEY_FORMAT, *identity]  #: what keys are made of besides the request (recorded in entries)
         self.ttl = options.ttl
@@ -103,6 +107,7 @@ class Cache:
         if options.secret is not None:  # entries verified under this secret only
             self._verified = {}
             _signed.add(self)
+        otel.register(self)
 
     def current_mode(self) -> Mode:
         return current_mode(self.mode)
@@ -155,12 +160,28 @@ class Cache:
         counters.hits += 1
         counters.seconds_saved += meta.duration
         counters.tokens_saved += meta.tokens
+        usage = meta.usage
+        if usage is not None:  # hits per entry, priced when dollars are asked for
+            saved = counters.saved.get(key)
+            if saved is None:
+                counters.first_saved(key, usage)
+            else:
+                saved[1] += 1
+        if function is not self.function:
+            self.counters_of(function).hit(key, meta.duration, meta.tokens, usage)
         note_hit = getattr(store, "note_hit", None)
         if note_hit is not None:
             note_hit(meta)
-        if observe.read_observers:
-            observe.notify_read(store, meta)
+        if observers.read_observers:  # observe() blocks and the pytest plugin
+            observers.notify_read(store, meta)
         return value
+
+    def counters_of(self, function: str) -> Counters:
+        """The counters of one of the functions a multi-function front door caches."""
+        counters = self.by_function.get(function)
+        if counters is None:
+            counters = self.by_function.setdefault(function, Counters())
+        return counters
 
     def _verify(self, key: str, data: bytes) -> Verified:
         """Check an entry's integrity (and signature); small entries are remembered by the
@@ -181,14 +202,25 @@ class Cache:
 
     # -- misses ---------------------------------------------------------------------------
 
-    def note_miss(self, store: Optional[Store], function: str, key: str) -> None:
-        """Count a lookup that goes to the provider (or fails, offline)."""
+    def note_miss(self, store: Optional[Store], function: str, key: str, outcome: str = observers.MISS, sample: Optional[int] = None) -> None:
+        """Count a lookup that goes to the provider, or fails offline (``outcome`` then
+        ``observers.OFFLINE_MISS``, which is what ``observe()`` records)."""
         self.counters.miss()
+        if function is not self.function:
+            self.counters_of(function).miss()
         note_miss = getattr(store, "note_miss", None)
         if note_miss is not None:
             note_miss(function)
-        if observe.miss_observers:
-            observe.notify_miss(store, function, key)
+        if observers.miss_observers:
+            observers.notify_miss(store, function, key)
+        if observers.watching:
+            observers.record(function, key, outcome, sample)
+
+    def bypass(self, function: str) -> None:
+        """A call passed through uncached (mode off, arguments the function rejects): only
+        ``observe()`` blocks hear of it."""
+        if observers.watching:
+            observers.record(function, None, observers.BYPASS)
 
     def miss_error(self, store: Optional[Store], function: str, key: str, what: str = "", detail: str = "") -> CacheMiss:
         """The offline ``CacheMiss``: what was asked (``what``, e.g. a method and URL), where it
@@ -311,11 +343,13 @@ class Cache:
             warn_once(function, "cache_if", f"memollm: the cache_if predicate of {function} raised {type(exc).__name__}: {exc}; the result was returned but not stored")
             return False
 
-    def new_meta(self, function: str, key: str, duration: float, tokens: int, kind: str, request: Any = None, sample: Optional[int] = None) -> EntryMeta:
+    def new_meta(
+        self, function: str, key: str, duration: float, tokens: int, kind: str, request: Any = None, sample: Optional[int] = None, usage: Optional[Usage] = None
+    ) -> EntryMeta:
         now = time.time()
         expires = None if self.ttl is None else now + self.ttl
         recorded = request if self.record_request else None
-        return EntryMeta(function, key, now, expires, duration, kind, tokens, request=recorded, identity=self.identity, sample=sample)
+        return EntryMeta(function, key, now, expires, duration, kind, tokens, request=recorded, identity=self.identity, sample=sample, usage=usage)
 
     def save(
         self,
@@ -328,14 +362,15 @@ class Cache:
         sample: Optional[int] = None,
         subject: Any = MISSING,
         tokens: Optional[int] = None,
+        usage: Any = MISSING,
     ) -> None:
-        """Store a value (``subject``, default the value, is what ``cache_if`` judges; ``tokens``,
-        default those the value reports, what a hit saves); unstorable values and failed writes
-        warn, never raise."""
+        """Store a value (``subject``, default the value, is what ``cache_if`` judges; ``tokens``
+        and ``usage``, default those the value reports, what a hit saves); unstorable values and
+        failed writes warn, never raise."""
         if not self.deserves(function, value if subject is MISSING else subject):
             return
         used = tokens_of(value) if tokens is None else tokens
-        meta = self.new_meta(function, key, duration, used, KIND_VALUE, request, sample)
+        meta = self.new_meta(function, key, duration, used, KIND_VALUE, request, sample, usage_of(value) if usage is MISSING else usage)
         try:
             data = encode_value(meta, value, self.secret, self.allow_pickle)
         except UnencodableValue as exc:
@@ -397,7 +432,7 @@ class Cache:
         if recorder.problem is not None:
             warn_uncacheable(function, "stream:" + recorder.problem[:40], f"memollm: a stream of {function} was passed through but not cached: {recorder.problem}")
             return
-        meta = self.new_meta(function, key, recorder.duration, recorder.usage.tokens(), KIND_STREAM, request, sample)
+        meta = self.new_meta(function, key, recorder.duration, recorder.usage.tokens(), KIND_STREAM, request, sample, recorder.usage.usage())
         try:
             body = recorder.body(result)
         except UnencodableValue as exc:
@@ -476,7 +511,7 @@ class Cache:
             except Exception as exc:
                 report(store, "list", f"memollm: cannot list the cache at {store.location} ({exc})", exc)
         c = self.counters
-        return CacheInfo(c.hits, c.misses, entries, size, c.seconds_saved, c.tokens_saved)
+        return CacheInfo(c.hits, c.misses, entries, size, c.seconds_saved, c.tokens_saved, c.dollars())
 
     def clear(self, function: Optional[str]) -> None:
         """Remove the entries of ``function`` and reset the counters."""
@@ -487,6 +522,9 @@ class Cache:
             except Exception as exc:
                 report(store, "clear", f"memollm: cannot clear the cache at {store.location} ({exc})", exc)
         self.counters.reset()
+        for name, counters in list(self.by_function.items()):
+            if function is None or name == function:
+                counters.reset()
 
     def delete(self, function: str, key: str) -> bool:
         """Remove one entry; True if it existed."""

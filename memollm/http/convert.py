@@ -183,10 +183,22 @@ def usage_of(data: Any) -> Any:
     return usage if isinstance(usage, dict) else None
 
 
-def json_usage(body: bytes, content_type: Optional[str]) -> Any:
+def reported(data: Any) -> Optional[dict[str, Any]]:
+    """``{"model": ..., "usage": ...}`` of a provider's JSON (the model may be ``None``), the shape
+    ``stats.usage_of`` and ``stats.UsageTally`` read (dollars need the model); ``None`` if no usage."""
+    usage = usage_of(data)
+    if usage is None:
+        return None
+    holder = data.get("response") if isinstance(data.get("response"), dict) else data.get("message")
+    model = data.get("model") or (holder.get("model") if isinstance(holder, dict) else None)
+    return {"model": model if isinstance(model, str) else None, "usage": usage}
+
+
+def json_usage(body: bytes, content_type: Optional[str]) -> Optional[dict[str, Any]]:
+    """What ``reported`` finds in a JSON body."""
     if not is_json(content_type) or b'"usage"' not in body:
         return None
     try:
-        return usage_of(json.loads(body))
+        return reported(json.loads(body))
     except ValueError:
         return None

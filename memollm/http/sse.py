@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from typing import Any, Optional
 
-from .convert import usage_of
+from .convert import reported
 
 TERMINAL_EVENTS = frozenset({"message_stop", "response.completed", "response.incomplete"})
 FAILED_EVENTS = frozenset({"error", "response.failed"})
@@ -28,7 +28,7 @@ class EventWatcher:
     def __init__(self) -> None:
         self.complete = False
         self.failed = False
-        self.usage: list[dict[str, Any]] = []  #: usage objects reported along the stream
+        self.usage: list[dict[str, Any]] = []  #: ``{"model", "usage"}`` reported along the stream
         self._partial = b""
         self._event: Optional[str] = None
 
@@ -66,7 +66,7 @@ class EventWatcher:
                 return
             if type(parsed) is dict:
                 kind = parsed.get("type")
-                usage = usage_of(parsed)
+                usage = reported(parsed)
                 if usage is not None:
                     self.usage.append(usage)
                 if parsed.get("error") is not None and kind is None:

@@ -15,12 +15,13 @@ from typing import Any, Callable, Iterable, Optional, Union
 import msgpack
 import xxhash
 
-from .. import keys, streams
+from .. import keys, observers, streams
 from ..config import TTL
 from ..core import MISSING, Cache, request_tree, resolve
 from ..entry import Stream
 from ..modes import Mode
-from ..stats import CacheInfo
+from ..observers import OFFLINE_MISS
+from ..stats import CacheInfo, usage_of
 from ..stores.base import Store
 from . import convert
 from .library import Library, default_name, load, name_of, of_request, replay_stream
@@ -91,6 +92,8 @@ class HttpCache:
         cache = self.cache
         mode = cache.current_mode()
         if mode is _OFF:
+            if observers.watching:
+                cache.bypass(convert.function_id(convert.request_parts(request, chosen)))
             return None
         parts = convert.request_parts(request, chosen)
         packed = convert.pack_request(parts, convert.packed_body(request.content, content_type))
@@ -101,7 +104,7 @@ class HttpCache:
         if store is not None and mode.reads:
             value = cache.lookup(store, function, key)
         if value is MISSING and mode is _OFFLINE:
-            cache.note_miss(store, function, key)
+            cache.note_miss(store, function, key, OFFLINE_MISS)
             url = request.url
             asked = f"{request.method} {url.scheme}://{url.netloc.decode('ascii')}{url.path}"
             raise cache.miss_error(
@@ -142,13 +145,13 @@ class HttpCache:
         """Store a read response (``cache_if`` judges the response handed to the caller)."""
         mode, store, function, key, packed, _ = plan
         value = {"status": response.status_code, "headers": convert.stored_headers(response.headers), "body": body}
-        tokens = convert.json_usage(body, response.headers.get("content-type"))
-        if tokens is not None:
-            value["usage"] = tokens
+        reported = convert.json_usage(body, response.headers.get("content-type"))
+        if reported is not None:
+            value["usage"] = reported["usage"]
         subject = (
             library.Response(response.status_code, headers=response.headers, content=body) if self.cache.cache_if is not None else MISSING
         )
-        self.cache.save(store, function, key, value, duration, request_tree(packed), subject=subject)
+        self.cache.save(store, function, key, value, duration, request_tree(packed), subject=subject, usage=usage_of(reported))
 
     def finisher(
         self, library: Library, plan: Any, release: Callable[[], None], response: Any, kept: Optional[list[bytes]]
@@ -191,8 +194,8 @@ class _Recording:
     def _end(self, ended: bool) -> None:
         watcher = self.watcher
         if (ended or watcher.complete) and not watcher.failed:
-            for usage in watcher.usage:
-                self.recorder.usage.add({"usage": usage})
+            for reported in watcher.usage:
+                self.recorder.usage.add(reported)
             self.finish(self.recorder, self.head)
         else:
             self.finish(None, None)

@@ -30,7 +30,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess
         "install it with: pip install 'memollm[langchain]'"
     ) from exc
 
-from .. import keys
+from .. import keys, observers
 from ..config import TTL, cache_dir_for
 from ..core import MISSING, Cache, resolve
 from ..modes import Mode
@@ -71,7 +71,7 @@ class MemollmCache(BaseCache):
         ttl: TTL = None,
         store: Union[str, Store, None] = None,
     ) -> None:
-        self.core = Cache(resolve("MemollmCache", cache_dir=cache_dir, ttl=ttl, store=store), "MemollmCache", _KEY_IDENTITY)
+        self.core = Cache(resolve("MemollmCache", cache_dir=cache_dir, ttl=ttl, store=store), "MemollmCache", _KEY_IDENTITY, FUNCTION_ID)
         self._pending: dict[str, float] = {}  # key -> when its lookup missed (the call's duration)
         self._lock = threading.Lock()
 
@@ -95,6 +95,7 @@ class MemollmCache(BaseCache):
         core = self.core
         mode = core.current_mode()
         if mode is Mode.OFF:
+            core.bypass(FUNCTION_ID)
             return None
         key = self.key(prompt, llm_string)
         store = core.store(create=mode.writes)
@@ -105,7 +106,7 @@ class MemollmCache(BaseCache):
             except (ValueError, TypeError, KeyError) as exc:
                 where = store.location if store is not None else "?"
                 warn_once(where, "corrupt", f"memollm: unreadable LangChain cache entry {key} in {where} ({exc}); calling the model")
-        core.note_miss(store, FUNCTION_ID, key)
+        core.note_miss(store, FUNCTION_ID, key, observers.OFFLINE_MISS if mode is Mode.OFFLINE else observers.MISS)
         if mode is Mode.OFFLINE:
             shown = prompt if len(prompt) <= 80 else prompt[:77] + "..."
             raise core.miss_error(store, FUNCTION_ID, key, what=f"prompt {shown!r}")

@@ -28,7 +28,7 @@ from .backend import (
     remove_any,
 )
 from .base import PruneReport, Store
-from .index import INDEX_FILENAME, Index
+from .index import INDEX_FILENAME, Index, usage_from_row
 from .usage import UsageLog
 
 T = TypeVar("T")
@@ -335,7 +335,7 @@ class DiskStore(Store):
         return report
 
     def note_hit(self, meta: EntryMeta) -> None:
-        self.usage.hit(meta.function, meta.key, meta.duration, meta.tokens)
+        self.usage.hit(meta.function, meta.key, meta.duration, meta.tokens, meta.usage)
 
     def note_miss(self, function: str) -> None:
         self.usage.miss(function)
@@ -516,4 +516,5 @@ def _meta_from_row(row: dict[str, Any]) -> EntryMeta:
         tokens=row["tokens"],
         size=row["size"],
         sample=row.get("sample"),
+        usage=usage_from_row(row),
     )

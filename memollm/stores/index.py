@@ -15,6 +15,7 @@ import time
 from typing import Any, Callable, Iterable, Iterator, Optional
 
 from ..entry import EntryMeta
+from ..stats import Usage
 
 INDEX_FILENAME = "index.sqlite3"
 WAL_CHECKPOINT_PAGES = 16  # the write-ahead log is copied into the index every 16 pages (64 KiB) ...
@@ -32,7 +33,12 @@ CREATE TABLE IF NOT EXISTS entries (
     kind TEXT NOT NULL DEFAULT 'value',
     hits INTEGER NOT NULL DEFAULT 0,
     last_access REAL NOT NULL,
-    sample INTEGER
+    sample INTEGER,
+    model TEXT,
+    input_tokens INTEGER,
+    output_tokens INTEGER,
+    cache_read_tokens INTEGER,
+    cache_write_tokens INTEGER
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS entries_function ON entries(function);
 CREATE INDEX IF NOT EXISTS entries_expires ON entries(expires) WHERE expires IS NOT NULL;
@@ -66,12 +72,30 @@ CREATE TABLE IF NOT EXISTS history (
     tokens_saved INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (function, hour)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS saved (
+    function TEXT NOT NULL,
+    model TEXT NOT NULL,
+    input_tokens INTEGER NOT NULL,
+    output_tokens INTEGER NOT NULL,
+    cache_read_tokens INTEGER NOT NULL,
+    cache_write_tokens INTEGER NOT NULL,
+    hits INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (function, model, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens)
+) WITHOUT ROWID;
 """
 
 #: Columns added since the first release, with their types: an older index gains them when opened
-#: (its rows read as NULL), and older versions keep writing to it unharmed.
-_ADDED_COLUMNS = (("sample", "INTEGER"),)
-_COLUMNS = "key, function, created, expires, size, duration, tokens, kind, hits, last_access, sample"
+#: (its rows read as NULL: no sample, no usage recorded), and older versions keep writing to it unharmed.
+_ADDED_COLUMNS = (
+    ("sample", "INTEGER"),
+    ("model", "TEXT"),
+    ("input_tokens", "INTEGER"),
+    ("output_tokens", "INTEGER"),
+    ("cache_read_tokens", "INTEGER"),
+    ("cache_write_tokens", "INTEGER"),
+)
+USAGE_COLUMNS = "model, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens"
+_COLUMNS = "key, function, created, expires, size, duration, tokens, kind, hits, last_access, sample, " + USAGE_COLUMNS
 
 
 class Index:
@@ -245,9 +269,11 @@ class Index:
             if function is None:
                 conn.execute("DELETE FROM entries")
                 conn.execute("DELETE FROM stats")
+                conn.execute("DELETE FROM saved")
             else:
                 conn.execute("DELETE FROM entries WHERE function = ?", (function,))
                 conn.execute("DELETE FROM stats WHERE function = ?", (function,))
+                conn.execute("DELETE FROM saved WHERE function = ?", (function,))
 
     def rows(self, function: Optional[str] = None) -> Iterator[dict[str, Any]]:
         sql = f"SELECT {_COLUMNS} FROM entries"
@@ -311,10 +337,12 @@ class Index:
 
 
 _UPSERT = (
-    f"INSERT INTO entries ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?) "
+    f"INSERT INTO entries ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
     "ON CONFLICT(key) DO UPDATE SET function=excluded.function, created=excluded.created, "
     "expires=excluded.expires, size=excluded.size, duration=excluded.duration, "
-    "tokens=excluded.tokens, kind=excluded.kind, last_access=excluded.last_access, sample=excluded.sample"
+    "tokens=excluded.tokens, kind=excluded.kind, last_access=excluded.last_access, sample=excluded.sample, "
+    "model=excluded.model, input_tokens=excluded.input_tokens, output_tokens=excluded.output_tokens, "
+    "cache_read_tokens=excluded.cache_read_tokens, cache_write_tokens=excluded.cache_write_tokens"
 )
 
 
@@ -355,7 +383,16 @@ def _is_file(path: str) -> bool:
 
 
 def _row(m: EntryMeta) -> tuple[Any, ...]:
-    return (m.key, m.function, m.created, m.expires, m.size, m.duration, m.tokens, m.kind, 0, m.created, m.sample)
+    usage = m.usage.as_row() if m.usage is not None else (None, None, None, None, None)
+    return (m.key, m.function, m.created, m.expires, m.size, m.duration, m.tokens, m.kind, 0, m.created, m.sample, *usage)
+
+
+def usage_from_row(row: dict[str, Any]) -> Optional[Usage]:
+    """The ``Usage`` of an index row (``None``: the entry recorded none, or predates usage)."""
+    if row.get("input_tokens") is None:
+        return None
+    model = row.get("model")
+    return Usage(model, *(int(row.get(n) or 0) for n in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")))
 
 
 class _transaction:

@@ -28,7 +28,7 @@ from urllib.parse import SplitResult, parse_qsl, quote, urlencode, urlsplit, url
 import msgpack
 
 from ..entry import _PREFIX as ENTRY_PREFIX
-from ..entry import FORMAT, KIND_VALUE, MAGIC, EntryMeta
+from ..entry import FORMAT, MAGIC, EntryMeta, meta_from_header
 from ..report import logger, warn_once
 from . import tiered
 from .base import PruneReport, Store
@@ -606,16 +606,6 @@ def _meta_from_head(head: bytes, size: int) -> Optional[EntryMeta]:
     if end is None or end > len(head):
         return None
     try:
-        h = msgpack.unpackb(head[ENTRY_PREFIX.size : end], raw=False)
-        return EntryMeta(
-            function=h["fn"],
-            key=h["key"],
-            created=float(h["created"]),
-            expires=None if h["expires"] is None else float(h["expires"]),
-            duration=float(h.get("duration", 0.0)),
-            kind=h.get("kind", KIND_VALUE),
-            tokens=int(h.get("tokens", 0) or 0),
-            size=size,
-        )
+        return meta_from_header(msgpack.unpackb(head[ENTRY_PREFIX.size : end], raw=False), size)
     except Exception:
         return None

@@ -18,6 +18,7 @@ import time
 import weakref
 from typing import Any, Callable, Optional
 
+from ..stats import Usage
 from .index import Index, _transaction
 
 FLUSH_INTERVAL = 0.1
@@ -32,13 +33,14 @@ class UsageLog:
         self._entry_hits: dict[str, list[Any]] = {}  # key -> [hits, last access, function]
         self._functions: dict[str, list[Any]] = {}  # function -> [hits, misses, seconds, tokens]
         self._history: dict[tuple[str, int], list[Any]] = {}  # (function, hour) -> [hits, misses, seconds, tokens]
-        self._hits: list[tuple[str, str, float, int, float]] = []
+        self._saved: dict[tuple[str, Usage], int] = {}  # (function, usage) -> hits, priced when reported
+        self._hits: list[tuple[str, str, float, int, float, Optional[Usage]]] = []
         _live_logs.add(self)
 
-    def hit(self, function: str, key: str, duration: float, tokens: int) -> None:
+    def hit(self, function: str, key: str, duration: float, tokens: int, usage: Optional[Usage] = None) -> None:
         if _flusher_pid != os.getpid():
             _start_flusher()
-        self._hits.append((function, key, duration, tokens, time.time()))  # atomic; tallied at flush
+        self._hits.append((function, key, duration, tokens, time.time(), usage))  # atomic; tallied at flush
 
     def miss(self, function: str) -> None:
         if _flusher_pid != os.getpid():
@@ -56,6 +58,7 @@ class UsageLog:
             entry_hits, self._entry_hits = self._entry_hits, {}
             functions, self._functions = self._functions, {}
             history, self._history = self._history, {}
+            saved, self._saved = self._saved, {}
         if not entry_hits and not functions and not history:
             return
         try:
@@ -77,14 +80,28 @@ class UsageLog:
                     "seconds_saved = seconds_saved + excluded.seconds_saved, tokens_saved = tokens_saved + excluded.tokens_saved",
                     [(f, hour, *c) for (f, hour), c in history.items()],
                 )
+                conn.executemany(
+                    "INSERT INTO saved (function, model, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, hits) "
+                    "VALUES (?,?,?,?,?,?,?) ON CONFLICT(function, model, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens) "
+                    "DO UPDATE SET hits = hits + excluded.hits",
+                    [(f, *u.as_row(), hits) for (f, u), hits in saved.items()],
+                )
         except FileNotFoundError:  # no index yet (flushes never create one): keep the tallies
-            self._keep(entry_hits, functions, history)
+            self._keep(entry_hits, functions, history, saved)
         except Exception:  # usage is an accelerator's bookkeeping: never worth failing a call
             pass
 
-    def _keep(self, entry_hits: dict[str, list[Any]], functions: dict[str, list[Any]], history: dict[tuple[str, int], list[Any]]) -> None:
-        """Merge tallies back into the buffer (bounded: one item per key, per function and per hour)."""
+    def _keep(
+        self,
+        entry_hits: dict[str, list[Any]],
+        functions: dict[str, list[Any]],
+        history: dict[tuple[str, int], list[Any]],
+        saved: dict[tuple[str, Usage], int],
+    ) -> None:
+        """Merge tallies back into the buffer (bounded: one item per key, per function, per hour and per usage)."""
         with self._lock:
+            for item, hits in saved.items():
+                self._saved[item] = self._saved.get(item, 0) + hits
             for bucket, counters in history.items():
                 mine = self._history.setdefault(bucket, [0, 0, 0.0, 0])
                 for i, value in enumerate(counters):
@@ -102,7 +119,7 @@ class UsageLog:
         """Move the raw hits into the per-entry and per-function tallies (under ``_lock``);
         ``credit_entry(function, key)`` false: count the hit for the function only."""
         hits, self._hits = self._hits, []
-        for function, key, duration, tokens, when in hits:
+        for function, key, duration, tokens, when, usage in hits:
             if credit_entry is None or credit_entry(function, key):
                 entry = self._entry_hits.setdefault(key, [0, when, function])
                 entry[0] += 1
@@ -111,6 +128,8 @@ class UsageLog:
                 counters[0] += 1
                 counters[2] += duration
                 counters[3] += tokens
+            if usage is not None and usage.model is not None:
+                self._saved[(function, usage)] = self._saved.get((function, usage), 0) + 1
 
     def forget(self, function: Optional[str] = None, key: Optional[str] = None) -> None:
         """Drop the buffered per-entry hits of entries being deleted (one key, a function's, or
@@ -126,6 +145,7 @@ class UsageLog:
             }
             if key is None:
                 self._functions = {f: c for f, c in self._functions.items() if function is not None and f != function}
+                self._saved = {item: n for item, n in self._saved.items() if function is not None and item[0] != function}
 
     def forget_history(self, function: Optional[str] = None) -> None:
         """Drop the usage history of a cleared function (or of all): buffered and persisted."""
@@ -160,6 +180,15 @@ class UsageLog:
         names = ["function", "hour", "hits", "misses", "seconds_saved", "tokens_saved"]
         return [{**dict(zip(names, row)), "hour": row[1] * 3600} for row in rows]
 
+    def saved(self) -> dict[str, dict[Usage, int]]:
+        """Persisted hits per function and token usage (after flushing this process's buffer)."""
+        self.flush()
+        per: dict[str, dict[Usage, int]] = {}
+        sql = "SELECT function, model, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, hits FROM saved"
+        for function, model, i, o, r, w, hits in self.index._connect().execute(sql):
+            per.setdefault(function, {})[Usage(model, i, o, r, w)] = hits
+        return per
+
 
 _live_logs: "weakref.WeakSet[UsageLog]" = weakref.WeakSet()
 _flusher_pid = 0
@@ -183,7 +212,7 @@ def _start_flusher() -> None:
         if _flusher_pid != os.getpid():
             if _flusher_pid:  # a forked child: what is buffered belongs to the parent, which writes it
                 for log in list(_live_logs):
-                    log._hits, log._entry_hits, log._functions, log._history = [], {}, {}, {}
+                    log._hits, log._entry_hits, log._functions, log._history, log._saved = [], {}, {}, {}, {}
             threading.Thread(target=_flush_loop, name="memollm-usage", daemon=True).start()
             _flusher_pid = os.getpid()
 
