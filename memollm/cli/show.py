@@ -64,12 +64,12 @@ def run(args: argparse.Namespace) -> int:
         out.print(Text(indent(json.dumps(request, indent=2, ensure_ascii=False))))
     if shown.is_stream:
         span = value.offsets[-1] if value.offsets else 0.0
-        field("stream", f"{len(value.chunks)} chunks over {human_duration(span)}")
+        field("response", f"a stream of {len(value.chunks)} chunks over {human_duration(span)}")
         for i, chunk in enumerate(value.chunks):
             at = f"+{value.offsets[i]:.3f}s " if i < len(value.offsets) else ""
             out.print(Text(f"  [{i:>4}] {at}{one_line(chunk)}"))
         field("returned", one_line(value.result))
     else:
-        field("value", f"({type_name(value)})")
+        field("response", f"({type_name(value)})")
         out.print(Text(indent(as_text(readable(value)))))
     return EXIT_OK

@@ -486,10 +486,12 @@ class Cache:
         mode = self.current_mode()
         store = self.store(create=False)
         outcome = explaining.outcome_of(store, function, key, self.secret, self.ttl)
+        if not mode.reads:  # off or refresh: the call goes to the provider whatever is stored
+            outcome = "miss"
         found = explaining.explain(store, function, key, outcome, self.identity, request, self.record_request)
         notes = [found.note] if found.note else []
         if not mode.reads:
-            notes.append(f"the cache mode is {mode.value!r}: the call would not read the cache")
+            notes.append(f"the cache mode is {mode.value!r}: the call would not read the cache, it goes to the provider")
         if sample is not None:
             notes.append(f"sample {sample} of samples={self.samples}")
         if len(notes) != (1 if found.note else 0):

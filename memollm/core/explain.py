@@ -6,6 +6,7 @@ store, bounded by ``SCAN_MAX``.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from dataclasses import dataclass, field
@@ -46,10 +47,14 @@ class Candidate:
     request_recorded: bool = True
     sample: Optional[int] = None
 
+    expired: bool = False
+
     @property
     def reasons(self) -> list[str]:
         """Each difference as one line."""
         lines = []
+        if self.expired:
+            lines.append("this entry has expired (past its TTL): the call would record it again")
         if self.key_format_changed:
             lines.append("a different key format (written by another memollm version)")
         if self.source_changed:
@@ -64,8 +69,11 @@ class Candidate:
     def __str__(self) -> str:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.created))
         sample = "" if self.sample is None else f", sample {self.sample}"
+        reasons = self.reasons
+        if not reasons:
+            return f"entry {self.key} (recorded {when}{sample}) has the same request"
         head = f"entry {self.key} (recorded {when}{sample}) differs in:"
-        return "\n".join([head, *("  " + line for line in self.reasons)])
+        return "\n".join([head, *("  " + line for line in reasons)])
 
 
 @dataclass(frozen=True)
@@ -141,6 +149,8 @@ def explain(
     if store is None:
         return Explanation(function, key, outcome, note="the cache dir does not exist or cannot be used", request=current)
     candidates = [_compare(meta, identity, current) for meta in _recent_entries(store, function)]
+    if outcome == "expired":  # the entry of this very key is there, past its TTL
+        candidates = [dataclasses.replace(c, expired=True) if c.key == key else c for c in candidates]
     candidates.sort(key=_distance)
     return Explanation(function, key, outcome, tuple(candidates[:NEAREST]), request=current)
 
