@@ -35,6 +35,7 @@ class UsageLog:
         self._history: dict[tuple[str, int], list[Any]] = {}  # (function, hour) -> [hits, misses, seconds, tokens]
         self._saved: dict[tuple[str, Usage], int] = {}  # (function, usage) -> hits, priced when reported
         self._hits: list[tuple[str, str, float, int, float, Optional[Usage]]] = []
+        self._writing = threading.Lock()
         _live_logs.add(self)
 
     def hit(self, function: str, key: str, duration: float, tokens: int, usage: Optional[Usage] = None) -> None:
@@ -52,7 +53,14 @@ class UsageLog:
     def flush(self) -> None:
         """Write what is buffered. While the index does not exist yet (a new cache dir, before
         its first entry is written) the tallies are kept for a later flush; on any other failure
-        they are dropped (usage figures are best effort)."""
+        they are dropped (usage figures are best effort).
+
+        One flush at a time: the exit-time flush waits for the usage thread's write under way,
+        which would otherwise be cut off at interpreter shutdown with the tallies it took."""
+        with self._writing:
+            self._flush()
+
+    def _flush(self) -> None:
         with self._lock:
             self._tally()
             entry_hits, self._entry_hits = self._entry_hits, {}
