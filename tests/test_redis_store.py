@@ -473,7 +473,8 @@ def test_local_tier(tmp_path, server, ns):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert make(RedisStore(down, local=str(tmp_path / "b")))("q") == {"text": "q"}
-    assert calls == ["q"] and not caught
+    # (only memollm's own warnings count: the garbage collector may report other tests' sockets here)
+    assert calls == ["q"] and not [w for w in caught if issubclass(w.category, CacheWarning)]
     # The local= form writes through to both tiers.
     make(RedisStore(server.url, namespace=ns, local=str(tmp_path / "c")))("r")
     assert DiskStore(str(tmp_path / "c")).count() == 1 and RedisStore(server.url, namespace=ns).count() == 2
