@@ -28,7 +28,24 @@ def entry_request(meta: EntryMeta) -> Any:
     """The request an entry answers as plain data (tagged values such as dates in their text
     form, ``keys.readable``), or ``None`` when it was not recorded."""
     request = getattr(meta, "request", None)
-    return None if request is None else readable(request)
+    if request is None:
+        return None
+    request = readable(request)
+    if isinstance(request, dict) and {"method", "scheme", "host", "path"} <= set(request):  # an HTTP request
+        request = {"url": http_url(request), **request}
+    return request
+
+
+def http_url(request: dict[str, Any]) -> str:
+    """The URL of a recorded HTTP request (credential query parameters were never recorded)."""
+    from urllib.parse import urlencode
+
+    host, port = request["host"], request.get("port")
+    if port not in (None, {"http": 80, "https": 443}.get(request["scheme"])):
+        host = f"{host}:{port}"
+    query = request.get("query") or []
+    suffix = "?" + urlencode([tuple(item) for item in query]) if query else ""
+    return f"{request['scheme']}://{host}{request['path']}{suffix}"
 
 
 def entry_sample(meta: EntryMeta) -> Optional[int]:

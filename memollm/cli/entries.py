@@ -112,9 +112,42 @@ def leaves(tree: Any) -> Iterator[str]:
 
 
 def search_text(shown: Shown) -> str:
-    """The casefolded text ``--grep`` looks in: the request's and the response's fields."""
+    """The casefolded text ``--grep`` looks in: the request's and the response's fields, and a
+    stream's text as one piece (what its chunks say, joined: a phrase split across chunks is found)."""
     parts = [*leaves(shown.request), *leaves(shown.response())]
+    if shown.is_stream:
+        parts.append("".join(stream_text(chunk) for chunk in shown.value.chunks))
     return "\n".join(parts).casefold()
+
+
+_TEXT_FIELDS = ("content", "text", "delta", "partial_json", "refusal")
+
+
+def stream_text(chunk: Any) -> str:
+    """The text a chunk carries: a str chunk itself; in a model's chunk (or a server-sent event's
+    JSON data) the strings of its text fields (``content``, ``text``, ``delta``...)."""
+    if isinstance(chunk, (bytes, bytearray)):
+        chunk = bytes(chunk).decode("utf-8", "replace")
+    if isinstance(chunk, str):
+        if not chunk.startswith(("data:", "event:", ":")) and "\ndata:" not in chunk:
+            return chunk
+        found = []
+        for line in chunk.splitlines():
+            if line.startswith("data:"):
+                try:
+                    found.append(_text_fields(json.loads(line[5:])))
+                except ValueError:
+                    continue
+        return "".join(found)
+    return _text_fields(to_jsonable(chunk))
+
+
+def _text_fields(tree: Any) -> str:
+    if isinstance(tree, dict):
+        return "".join(v if k in _TEXT_FIELDS and isinstance(v, str) else _text_fields(v) for k, v in tree.items())
+    if isinstance(tree, list):
+        return "".join(_text_fields(v) for v in tree)
+    return ""
 
 
 def matches(shown: Shown, needle: str) -> bool:

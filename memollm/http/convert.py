@@ -74,7 +74,8 @@ def function_id(parts: dict[str, Any]) -> str:
 
 
 def body_tree(content: bytes, content_type: Optional[str]) -> Any:
-    """The body as keyed: parsed JSON (top-level secret fields dropped), else the raw bytes."""
+    """The body as keyed: parsed JSON (secret fields dropped: at the top level all, deeper those
+    holding a string), else the raw bytes."""
     if not content:
         return None
     if is_json(content_type):
@@ -85,8 +86,23 @@ def body_tree(content: bytes, content_type: Optional[str]) -> Any:
         if type(data) is dict:
             for name in [n for n in data if keys.is_secret_name(n)]:
                 del data[name]
+            _drop_nested_credentials(data)
         return data
     return content
+
+
+def _drop_nested_credentials(tree: Any) -> None:
+    """Deeper in a body, drop secret-named fields holding a string (``{"auth": {"api_key": "sk-..."}}``):
+    credentials, never keyed or stored. Secret-named fields holding structure stay (a tool's JSON
+    schema may well have a property called ``token``)."""
+    if type(tree) is dict:
+        for name in [n for n, v in tree.items() if isinstance(v, str) and keys.is_secret_name(n)]:
+            del tree[name]
+        for value in tree.values():
+            _drop_nested_credentials(value)
+    elif type(tree) is list:
+        for value in tree:
+            _drop_nested_credentials(value)
 
 
 _body_memo: dict[bytes, bytes] = {}  # JSON body -> its packed tree (SDKs send identical bytes)

@@ -21,6 +21,7 @@ from ..core import MISSING, Cache, request_tree, resolve
 from ..entry import Stream
 from ..modes import Mode
 from ..observers import OFFLINE_MISS
+from ..report import warn_once
 from ..stats import CacheInfo, usage_of
 from ..stores.base import Store
 from . import convert
@@ -84,7 +85,11 @@ class HttpCache:
         """Whether the request goes through the cache (``match`` sees it with its body read)."""
         if self.match is None:
             return convert.json_post(request.method, content_type)
-        return bool(self.match(request))
+        try:
+            return bool(self.match(request))
+        except Exception as exc:  # the cache must not break the request: it goes out uncached
+            warn_once(self.owner, "match", f"memollm: the match= predicate of {self.owner} raised {type(exc).__name__}: {exc}; such requests are sent uncached")
+            return False
 
     def plan(self, request: Any, content_type: Optional[str], chosen: Optional[dict[str, str]]) -> Any:
         """``(mode, store, function, key, packed request, hit or MISSING)``, or ``None`` to send
@@ -106,7 +111,8 @@ class HttpCache:
         if value is MISSING and mode is _OFFLINE:
             cache.note_miss(store, function, key, OFFLINE_MISS)
             url = request.url
-            asked = f"{request.method} {url.scheme}://{url.netloc.decode('ascii')}{url.path}"
+            query = "&".join(f"{k}={v}" for k, v in parts["query"])  # (credential parameters left out)
+            asked = f"{request.method} {url.scheme}://{url.netloc.decode('ascii')}{url.path}{'?' + query if query else ''}"
             raise cache.miss_error(
                 store, function, key, what=asked, detail=cache.nearest_differences(store, function, key, request_tree(packed))
             )

@@ -1,0 +1,103 @@
+"""Details of the HTTP layer a careful user meets: the URL shown, the query in an offline miss,
+nested credentials, a ``match=`` predicate that fails, streams found by ``ls --grep``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+
+import memollm
+import memollm.http
+
+
+def client(tmp_path: Path, calls: list[Any], **options: Any) -> httpx2.Client:
+    def answer(request: httpx2.Request) -> httpx2.Response:
+        calls.append(request)
+        return httpx2.Response(200, json={"text": f"answer {len(calls)}"})
+
+    return httpx2.Client(transport=memollm.http.CachingTransport(httpx2.MockTransport(answer), cache_dir=tmp_path, **options))
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "memollm", *args], capture_output=True, text=True, timeout=60)
+
+
+def test_show_prints_the_request_url(tmp_path: Path) -> None:
+    calls: list[Any] = []
+    client(tmp_path, calls).post("https://api.example.com:8443/v1/gen?alt=json&key=SECRETKEY", json={"prompt": "p"})
+    (entry,) = json.loads(cli("ls", "--cache-dir", str(tmp_path), "--json").stdout)
+    shown = cli("show", "--cache-dir", str(tmp_path), entry["key"])
+    assert shown.returncode == 0, shown.stderr
+    assert "https://api.example.com:8443/v1/gen?alt=json" in shown.stdout
+    assert shown.stdout.index("request:") < shown.stdout.index("response:")
+    assert "SECRETKEY" not in shown.stdout
+
+
+def test_an_offline_miss_names_the_query(tmp_path: Path) -> None:
+    calls: list[Any] = []
+    with pytest.raises(memollm.CacheMiss) as info:
+        client(tmp_path, calls, mode="offline").post("https://api.example.com/v1/gen?x=1&key=SECRETKEY", json={"q": 1})
+    assert "POST https://api.example.com/v1/gen?x=1" in str(info.value)
+    assert "SECRETKEY" not in str(info.value) and calls == []
+
+
+def test_nested_credentials_never_reach_the_disk(tmp_path: Path) -> None:
+    calls: list[Any] = []
+    http = client(tmp_path, calls)
+    schema = {"type": "object", "properties": {"token": {"type": "string"}}}
+    http.post("https://api.example.com/v1/gen", json={"prompt": "p", "auth": {"api_key": "sk-NESTED-1"}, "tools": [schema]})
+    http.post("https://api.example.com/v1/gen", json={"prompt": "p", "auth": {"api_key": "sk-NESTED-2"}, "tools": [schema]})
+    assert len(calls) == 1  # the credential is not part of the key either
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert b"sk-NESTED" not in path.read_bytes()
+    other = {"type": "object", "properties": {"password": {"type": "string"}}}
+    http.post("https://api.example.com/v1/gen", json={"prompt": "p", "auth": {"api_key": "sk-NESTED-1"}, "tools": [other]})
+    assert len(calls) == 2  # structure under a secret-sounding name (a tool schema) still counts
+
+
+def test_a_match_predicate_that_raises_sends_the_request_uncached(tmp_path: Path) -> None:
+    calls: list[Any] = []
+
+    def broken(request: Any) -> bool:
+        raise RuntimeError("boom")
+
+    http = client(tmp_path, calls, match=broken)
+    with pytest.warns(memollm.CacheWarning, match="match="):
+        assert http.post("https://api.example.com/v1/gen", json={}).status_code == 200
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", memollm.CacheWarning)
+        http.post("https://api.example.com/v1/gen", json={})  # reported once
+    assert len(calls) == 2
+
+
+def test_ls_grep_finds_a_phrase_split_across_stream_chunks(tmp_path: Path) -> None:
+    @memollm.cache_llm(cache_dir=tmp_path)
+    def tokens(prompt: str) -> Any:
+        yield from ("Hel", "lo ", prompt)
+
+    assert "".join(tokens("WOMBAT")) == "Hello WOMBAT"
+    found = cli("ls", "--cache-dir", str(tmp_path), "--grep", "hello wombat", "--json")
+    assert found.returncode == 0 and len(json.loads(found.stdout)) == 1
+
+
+def test_explain_follows_the_cache_mode(tmp_path: Path) -> None:
+    @memollm.cache_llm(cache_dir=tmp_path)
+    def complete(prompt: str) -> str:
+        return "ok"
+
+    complete("p")
+    assert complete.explain("p").outcome == "hit"
+    with memollm.cache_mode("readonly"):
+        assert complete.explain("p").outcome == "hit"
+    for mode in ("off", "refresh"):
+        with memollm.cache_mode(mode):
+            explanation = complete.explain("p")
+            assert explanation.outcome == "miss" and mode in explanation.note
