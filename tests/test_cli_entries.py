@@ -74,7 +74,7 @@ def test_show_prints_the_request_then_the_response(cache, capsys):
     key = cache["complete"].cache_key("Hello there")
     code, out, err = call(capsys, "show", key, "--cache-dir", cache["dir"])
     assert code == 0, err
-    assert out.index("request:") < out.index("value:") < out.index("HELLO THERE from the model")
+    assert out.index("request:") < out.index("response:") < out.index("HELLO THERE from the model")
     assert "sk-do-not-store-me" not in out
     code, out, _ = call(capsys, "show", key, "--cache-dir", cache["dir"], "--json")
     doc = json.loads(out)

@@ -125,7 +125,7 @@ def test_packed_request_is_the_canonical_packing_of_the_normalized_request() -> 
     request = httpx2.Request(
         "POST",
         "https://API.example.com:8443/v1/x?z=1&a=2&key=SECRET&api_key=SECRET",
-        json={"b": [1, {"y": 2, "x": 1}], "a": None, "token": "SECRET", "nested": {"token": "kept"}},
+        json={"b": [1, {"y": 2, "x": 1}], "a": None, "token": "SECRET", "nested": {"token": "dropped", "schema": {"token": {"type": "string"}}}},
         headers={"Anthropic-Version": "2023-06-01"},
     )
     content_type, chosen = convert.examine(request, frozenset({b"anthropic-version"}))
@@ -141,7 +141,7 @@ def test_packed_request_is_the_canonical_packing_of_the_normalized_request() -> 
         "path": "/v1/x",
         "query": [("a", "2"), ("z", "1")],
         "headers": {"anthropic-version": "2023-06-01"},
-        "body": {"b": [1, {"y": 2, "x": 1}], "a": None, "nested": {"token": "kept"}},
+        "body": {"b": [1, {"y": 2, "x": 1}], "a": None, "nested": {"schema": {"token": {"type": "string"}}}},
     }
     assert convert.function_id(parts) == "http:POST api.example.com:8443/v1/x"
     assert convert.function_id(convert.request_parts(httpx2.Request("GET", "https://h.test/p"), None)) == "http:GET h.test/p"
