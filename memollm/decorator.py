@@ -389,9 +389,10 @@ class CachedFunction(_CacheMethods, wrapt.FunctionWrapper):  # type: ignore[misc
 
     def cache_key(self, *args: Any, **kwargs: Any) -> str:
         """The 32-hex-character key a call with these arguments uses."""
+        plain_key = self._self_plain_key
+        if plain_key is not None:  # a plain function: straight to the key
+            return plain_key(args, kwargs)  # type: ignore[no-any-return]
         engine = self._self_engine
-        if self._self_bound_to is None and engine.key_fn is None:  # a plain function: straight to the key
-            return engine.keys.key(args, kwargs)
         return engine.key(engine.full_args(self._self_bound_to, args), kwargs)
 
     def __reduce_ex__(self, protocol: Any) -> Any:
@@ -417,6 +418,7 @@ class CachedFunction(_CacheMethods, wrapt.FunctionWrapper):  # type: ignore[misc
             super().__init__(wrapped, call)
         self._self_engine = engine
         self._self_bound_to = wrapped.__self__ if inspect.ismethod(wrapped) else None  # a bound method decorated
+        self._self_plain_key = engine.keys.key if self._self_bound_to is None and engine.key_fn is None else None
 
 
 def _call_kind(func: Callable[..., Any]) -> str:

@@ -15,12 +15,15 @@ A checksum mismatch, a bad signature or any malformed byte makes the entry unrea
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
+import itertools
+import marshal
 import struct
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import msgpack
 import xxhash
@@ -123,9 +126,64 @@ def meta_from_header(h: dict[str, Any], size: int) -> EntryMeta:
 class Stream:
     """A recorded stream: chunks in order, the generator's return value, chunk arrival offsets."""
 
-    chunks: list[Any]
+    chunks: "list[Any] | FreshChunks"
     result: Any = None
     offsets: list[float] = field(default_factory=list)
+
+
+class FreshChunks:
+    """Chunks that can be changed by whoever receives them, kept encoded in small batches: each
+    iteration decodes fresh copies a batch at a time, so a replay touches little memory at once
+    and runs about as fast as the generator that made them (decoding all at once took twice as
+    long). Plain data (dicts, lists, str, numbers...) is kept with ``marshal``, its equal strings
+    shared: only ever this process's own bytes, never read from a file."""
+
+    BATCH = 32
+
+    def __init__(self, chunks: list[Any], allow_pickle: bool = False) -> None:
+        step = self.BATCH
+        self.count = len(chunks)
+        self.allow_pickle = allow_pickle
+        try:
+            strings: dict[str, str] = {}
+            plain = [_plain_copy(chunk, strings) for chunk in chunks]
+            self.batches = tuple(marshal.dumps(plain[i : i + step]) for i in range(0, len(plain), step))
+            self.marshalled = True
+        except (_NotPlain, RecursionError, ValueError):
+            self.batches = tuple(codec.encode(chunks[i : i + step], allow_pickle) for i in range(0, len(chunks), step))
+            self.marshalled = False
+        self.weight = sum(map(len, self.batches))  #: bytes held
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self) -> Iterator[Any]:
+        decode = marshal.loads if self.marshalled else functools.partial(codec.decode, allow_pickle=self.allow_pickle)
+        return itertools.chain.from_iterable(map(decode, self.batches))  # lazily, batch by batch
+
+
+class _NotPlain(Exception):
+    pass
+
+
+_PLAIN_LEAVES = frozenset({int, float, bool, bytes, type(None)})
+
+
+def _plain_copy(value: Any, strings: dict[str, str]) -> Any:
+    """``value`` rebuilt with equal strings as one object; ``_NotPlain`` for any other type
+    than dict, list, tuple, str, bytes, numbers and None (exact types only)."""
+    t = type(value)
+    if t is str:
+        return strings.setdefault(value, value)
+    if t in _PLAIN_LEAVES:
+        return value
+    if t is dict:
+        return {_plain_copy(k, strings): _plain_copy(v, strings) for k, v in value.items()}
+    if t is list:
+        return [_plain_copy(v, strings) for v in value]
+    if t is tuple:
+        return tuple(_plain_copy(v, strings) for v in value)
+    raise _NotPlain(t)
 
 
 def _head(meta: EntryMeta, secret: Optional[bytes]) -> bytes:

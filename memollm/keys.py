@@ -18,7 +18,7 @@ import re
 import textwrap
 import uuid
 from collections.abc import Mapping
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Optional
 
 import msgpack
 import xxhash
@@ -321,6 +321,10 @@ def _refuse(value: Any) -> Any:
     raise TypeError("needs normalization")
 
 
+def _native_pack(value: Any) -> bytes:
+    return ormsgpack.packb(value, default=_refuse, option=_FAST_OPTIONS)  # type: ignore[no-any-return]
+
+
 def pack_normalized(value: Any, where: str = "the argument") -> bytes:
     """``msgpack.packb(normalize(value))``, through the native encoder when the data is plain."""
     if ormsgpack is not None:
@@ -342,6 +346,14 @@ class KeyMaker:
         self.binder = ArgumentBinder(signature)
         self.ignore = ignore
         self.prefix = msgpack.Packer().pack_array_header(2 + len(identity)) + b"".join(_pack(x) for x in [KEY_FORMAT, *identity])
+        # The native encoder packs the whole ``[format, *identity, arguments]`` list in one call
+        # (no copy of the packed arguments behind the prefix) where that gives the same bytes.
+        self._head: Optional[list[Any]] = [KEY_FORMAT, *identity]
+        try:
+            if ormsgpack is None or _native_pack([*self._head, {}]) != self.prefix + _native_pack({}):
+                self._head = None
+        except TypeError:
+            self._head = None
         names = list(signature.parameters)
         self._filtered = not self.binder._simple or any(
             n in ignore or is_secret_name(n) or n.lower() in HEADER_PARAMETER_NAMES for n in names
@@ -387,7 +399,13 @@ class KeyMaker:
             return _hexdigest(self.prefix + self.arguments(args, kwargs))
         if self._filtered:
             bound = self._filter(bound)
-        if ormsgpack is not None:
+        head = self._head
+        if head is not None:
+            try:
+                return _hexdigest(ormsgpack.packb([*head, bound], default=_refuse, option=_FAST_OPTIONS))
+            except Exception:
+                pass
+        elif ormsgpack is not None:
             try:
                 return _hexdigest(self.prefix + ormsgpack.packb(bound, default=_refuse, option=_FAST_OPTIONS))
             except Exception:

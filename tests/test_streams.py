@@ -281,6 +281,46 @@ def test_pydantic_chunks_replayed_as_their_classes(tmp_path):
         assert stop.value == Token(text="", index=-1, logprob=0.5)
 
 
+def test_every_replay_hands_out_fresh_chunks_in_order(tmp_path):
+    """Mutable chunks (dicts, lists, models), across several decode batches: a caller changing the
+    chunks of one replay changes nothing the next replay gets; types and order hold."""
+    plain = [{"i": i, "delta": {"content": f"w{i % 7}", "tags": ["a", (i, "t")]}, "n": None, "f": i / 3, "ok": i % 2 == 0} for i in range(75)]
+    models = [chat_chunk(i, f"w{i}") for i in range(70)]
+
+    @cache_llm(cache_dir=tmp_path)
+    def dicts(prompt: str):
+        yield from plain
+
+    @cache_llm(cache_dir=tmp_path)
+    def chunks(prompt: str):
+        yield from models
+
+    @cache_llm(cache_dir=tmp_path)
+    async def async_dicts(prompt: str):
+        for chunk in plain:
+            yield chunk
+
+    async def drain(stream):
+        return [chunk async for chunk in stream]
+
+    for fn, recorded in ((dicts, plain), (chunks, models)):
+        assert list(fn("q")) == recorded  # the miss
+        for _ in range(3):
+            replayed = list(fn("q"))
+            assert replayed == recorded
+            assert [type(c) for c in replayed] == [type(c) for c in recorded]
+            if fn is dicts:
+                assert type(replayed[40]["delta"]["tags"][1]) is tuple
+                replayed[40]["delta"]["content"] = "changed"
+                replayed[0]["delta"]["tags"].append("x")
+            else:
+                replayed[40].choices[0].delta.content = "changed"
+    assert asyncio.run(drain(async_dicts("q"))) == plain
+    again = asyncio.run(drain(async_dicts("q")))
+    again[3]["i"] = -1
+    assert asyncio.run(drain(async_dicts("q"))) == plain
+
+
 def test_realtime_replay_reproduces_timing_and_instant_is_default(tmp_path):
     def slow(prompt: str):
         for i in range(5):

@@ -27,7 +27,18 @@ import msgpack
 from .. import flight, observers, otel, streams
 from ..codec import UndecodableValue, UnencodableValue, decode, decode_for_display
 from ..config import cache_dir_for, disk_store, is_open
-from ..entry import KIND_STREAM, KIND_VALUE, CorruptEntry, EntryMeta, Stream, decode_body, encode_value, pack_entry_in_place, read_meta
+from ..entry import (
+    KIND_STREAM,
+    KIND_VALUE,
+    CorruptEntry,
+    EntryMeta,
+    FreshChunks,
+    Stream,
+    decode_body,
+    encode_value,
+    pack_entry_in_place,
+    read_meta,
+)
 from ..errors import CacheMiss
 from ..keys import KEY_FORMAT
 from ..modes import Mode, current_mode
@@ -52,7 +63,9 @@ VERIFIED_ITEM_MAX = 2**20
 Verified = tuple[bytes, EntryMeta, memoryview, bool, Any]  # entry bytes, meta, body, is a plain value, shared value
 # The shared value is the decoded value (for a stream: its chunks, result and offsets as tuples)
 # when nothing in it can be mutated (str, bytes, numbers...: see _immutable), so every hit can
-# hand out the same objects; else MISSING (each hit decodes a fresh copy), or None (not decoded yet).
+# hand out the same objects; for a stream of mutable chunks, its chunks as ``FreshChunks`` (each
+# replay decodes copies a batch at a time); else MISSING (each hit decodes a fresh copy), or None
+# (not decoded yet).
 _verified: dict[str, Verified] = {}  # entries verified without a secret, by key
 _signed: "weakref.WeakSet[Cache]" = weakref.WeakSet()  # caches with a secret keep their own
 _verified_bytes = [0]
@@ -152,7 +165,7 @@ class Cache:
             else:
                 value = decode(verified[2], self.allow_pickle) if verified[3] else decode_body(meta, verified[2], self.allow_pickle)
                 if shared is None:
-                    _share(self._verified, key, verified, value)
+                    _share(self._verified, key, verified, value, self.allow_pickle)
         except (CorruptEntry, UndecodableValue) as exc:
             warn_once(store.location, "corrupt", f"memollm: unreadable cache entry {key} in {store.location} ({exc}); recomputing it")
             return MISSING
@@ -570,8 +583,15 @@ def _no_lock_path(key: str) -> None:
 def _weight(verified: Verified) -> int:
     """What a remembered entry counts against ``VERIFIED_BYTES_MAX``."""
     shared = verified[4]
-    extra = 64 * len(shared[0]) if not verified[3] and shared is not None and shared is not MISSING else 0
+    extra = _extra_weight(shared[0]) if not verified[3] and shared is not None and shared is not MISSING else 0
     return len(verified[0]) + extra
+
+
+def _extra_weight(chunks: Any) -> int:
+    """What the shared chunks of a stream count besides the entry's bytes."""
+    if chunks is None:
+        return 0
+    return chunks.weight if isinstance(chunks, FreshChunks) else 64 * len(chunks)
 
 
 def _immutable(value: Any) -> bool:
@@ -582,17 +602,24 @@ def _immutable(value: Any) -> bool:
     return t is tuple and all(_immutable(v) for v in value)
 
 
-def _share(table: dict[str, Verified], key: str, verified: Verified, value: Any) -> None:
+def _share(table: dict[str, Verified], key: str, verified: Verified, value: Any, allow_pickle: bool) -> None:
     """After the first decode of a remembered entry: keep the value to hand out again if it is
     immutable (the chunks of a stream of text, a str answer), else note that it is not."""
     shared: Any = MISSING
     if verified[3]:
         if _immutable(value):
             shared = value
-    elif len(value.chunks) <= SHARED_ITEMS_MAX and _immutable(value.result) and all(map(_immutable, value.chunks)):
-        shared = (tuple(value.chunks), value.result, tuple(value.offsets))
-        extra = 64 * len(value.chunks)  # the decoded objects outweigh their encoding: count them too
-        if _verified_bytes[0] + extra > VERIFIED_BYTES_MAX:
+    elif len(value.chunks) <= SHARED_ITEMS_MAX and _immutable(value.result):
+        if all(map(_immutable, value.chunks)):
+            chunks: Any = tuple(value.chunks)
+        else:  # each hit decodes fresh copies, a batch at a time
+            try:
+                chunks = FreshChunks(list(value.chunks), allow_pickle)
+            except UnencodableValue:
+                chunks = None
+        shared = (chunks, value.result, tuple(value.offsets))
+        extra = _extra_weight(chunks)  # the decoded objects outweigh their encoding: count them too
+        if chunks is None or _verified_bytes[0] + extra > VERIFIED_BYTES_MAX:
             shared = MISSING
         else:
             _verified_bytes[0] += extra
