@@ -8,7 +8,10 @@ serves every contender, side by side:
   encoder and xxh3-128, one redis-py ``GET`` of the very bytes memollm stored, and decoding the
   value they hold (no verification);
 - langchain-redis: langchain-community's ``RedisCache`` through ``BaseCache.lookup``, on a
-  client of the same server (the value stored as one ``Generation``, as in the hit section).
+  client of the same server (the value stored as one ``Generation``, as in the hit section);
+- memollm-redis+local (for reference): ``RedisStore(url, local=cache_dir)``, a disk tier in
+  front of Redis, read-through: a hit is served by the disk tier without a round trip;
+- round trip (for reference): redis-py ``PING``, the least any Redis hit costs.
 """
 
 from __future__ import annotations
@@ -93,6 +96,11 @@ def run(settings: Settings) -> Section:
         if len(names) != 1:
             raise RuntimeError(f"redis: expected one stored entry for the request, found {len(names)}")
         ops["floor"] = floor_op(client, names[0].decode(), request)
+        from memollm.stores.redis import RedisStore
+
+        tiered = RedisStore(server.url, namespace="bench-local", local=settings.scratch_dir("redis-local"))
+        ops["memollm-redis+local"] = decorated(cache_llm(store=tiered), request)
+        ops["round trip"] = client.ping
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # langchain-community announces its sunset on import
             module = optional("langchain_community.cache")
@@ -108,6 +116,8 @@ def run(settings: Settings) -> Section:
     section.ratio("memollm-redis/floor", stats["memollm-redis"].median_us / stats["floor"].median_us, "<= 1.3")
     if "langchain-redis" in stats:
         section.ratio("langchain-redis/memollm-redis", stats["langchain-redis"].median_us / stats["memollm-redis"].median_us, ">= 5")
+        section.ratio("langchain-redis/memollm-redis+local", stats["langchain-redis"].median_us / stats["memollm-redis+local"].median_us)
+    section.ratio("memollm-redis/round trip", stats["memollm-redis"].median_us / stats["round trip"].median_us)
     rows = [[name, fmt_us(s.median_us), fmt_us(s.p90_us)] for name, s in sorted(stats.items(), key=lambda kv: kv[1].median_us)]
     print_table("redis hit (the ~4 KB request -> ~4 KB response, one local redis-server)", ["contender", "median", "p90"], rows)
     print_ratios(section)
