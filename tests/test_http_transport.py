@@ -131,8 +131,11 @@ def test_packed_request_is_the_canonical_packing_of_the_normalized_request() -> 
     content_type, chosen = convert.examine(request, frozenset({b"anthropic-version"}))
     parts = convert.request_parts(request, chosen)
     tree = {**parts, "body": convert.body_tree(request.content, content_type)}
-    packed = convert.pack_request(parts, convert.packed_body(request.content, content_type))
+    function, key, packed, _ = convert.keyed(request, content_type, chosen)
     assert packed == keys.pack_normalized(tree)
+    assert key == keys.digest([keys.KEY_FORMAT, "http", keys.normalize(tree)])
+    assert convert.keyed(request, content_type, chosen)[:3] == (function, key, packed)  # remembered: the same answer
+    assert function == "http:POST api.example.com:8443/v1/x"
     assert tree == {
         "method": "POST",
         "scheme": "https",
@@ -285,6 +288,24 @@ def test_cache_if_judges_a_stream(server: FakeLLMServer, tmp_path) -> None:
 
 
 # -- streams ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(LIBRARIES))
+def test_hits_are_independent_responses(server: FakeLLMServer, tmp_path, name: str) -> None:
+    """Hits share the decoded entry in memory; what a caller does to one response (its headers,
+    its stream) changes nothing in the next."""
+    http = memollm.http.client(cache_dir=tmp_path, library=name)
+    first = chat(server, http, "same")
+    hits = [http.post(server.base_url + "/chat/completions", json={"model": "gpt-test", "messages": ask("same")}) for _ in range(3)]
+    assert server.request_count == 1  # the same request as the SDK's, but for volatile headers: hits
+    hits[0].headers["x-added"] = "1"
+    del hits[0].headers["content-type"]
+    assert "x-added" not in hits[1].headers and hits[1].headers["content-type"].startswith("application/json")
+    assert hits[1].json() == hits[2].json()
+    assert chat(server, http, "same").choices[0].message.content == first.choices[0].message.content
+    streamed = [list(chat(server, http, "a stream", stream=True)) for _ in range(3)]
+    assert server.request_count == 2
+    assert [c.model_dump() for c in streamed[1]] == [c.model_dump() for c in streamed[2]] == [c.model_dump() for c in streamed[0]]
 
 
 def test_stream_closed_early_is_not_stored(server: FakeLLMServer, tmp_path) -> None:

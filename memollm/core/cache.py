@@ -95,8 +95,14 @@ def _noop() -> None:
 class Cache:
     """One front door's cache: its options, its counters, and every step of a cached call."""
 
-    def __init__(self, options: CacheOptions, owner: str, identity: list[Any], function: Optional[str] = None) -> None:
+    def __init__(
+        self, options: CacheOptions, owner: str, identity: list[Any], function: Optional[str] = None, shares_values: bool = False
+    ) -> None:
         self.options = options
+        #: The front door only reads the values it gets (the HTTP layer builds a response from
+        #: one): hits may then share one decoded value, mutable or not. Else only what nothing
+        #: can change is shared, and callers get fresh copies.
+        self.shares_values = shares_values
         #: The one function this cache serves (a decorated function), or ``None`` for a front door
         #: that caches several (the HTTP transports): each then also gets counters of its own.
         self.function = function
@@ -165,7 +171,7 @@ class Cache:
             else:
                 value = decode(verified[2], self.allow_pickle) if verified[3] else decode_body(meta, verified[2], self.allow_pickle)
                 if shared is None:
-                    _share(self._verified, key, verified, value, self.allow_pickle)
+                    _share(self._verified, key, verified, value, self.allow_pickle, self.shares_values)
         except (CorruptEntry, UndecodableValue) as exc:
             warn_once(store.location, "corrupt", f"memollm: unreadable cache entry {key} in {store.location} ({exc}); recomputing it")
             return MISSING
@@ -602,15 +608,16 @@ def _immutable(value: Any) -> bool:
     return t is tuple and all(_immutable(v) for v in value)
 
 
-def _share(table: dict[str, Verified], key: str, verified: Verified, value: Any, allow_pickle: bool) -> None:
+def _share(table: dict[str, Verified], key: str, verified: Verified, value: Any, allow_pickle: bool, anything: bool = False) -> None:
     """After the first decode of a remembered entry: keep the value to hand out again if it is
-    immutable (the chunks of a stream of text, a str answer), else note that it is not."""
+    immutable (the chunks of a stream of text, a str answer) or ``anything`` may be shared,
+    else note that it is not."""
     shared: Any = MISSING
     if verified[3]:
-        if _immutable(value):
+        if anything or _immutable(value):
             shared = value
-    elif len(value.chunks) <= SHARED_ITEMS_MAX and _immutable(value.result):
-        if all(map(_immutable, value.chunks)):
+    elif len(value.chunks) <= SHARED_ITEMS_MAX and (anything or _immutable(value.result)):
+        if anything or all(map(_immutable, value.chunks)):
             chunks: Any = tuple(value.chunks)
         else:  # each hit decodes fresh copies, a batch at a time
             try:

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from typing import Any, Optional
 
 import msgpack
+import xxhash
 
 from .. import keys
 
@@ -105,27 +106,33 @@ def _drop_nested_credentials(tree: Any) -> None:
             _drop_nested_credentials(value)
 
 
-_body_memo: dict[bytes, bytes] = {}  # JSON body -> its packed tree (SDKs send identical bytes)
+_KEY_PREFIX = msgpack.Packer().pack_array_header(3) + msgpack.packb(keys.KEY_FORMAT) + msgpack.packb("http")
+_memo: dict[tuple[Any, ...], tuple[str, str, bytes, dict[str, Any]]] = {}  # request -> what keyed() made of it
 _memo_bytes = [0]
 MEMO_BYTES_MAX = 8 * 2**20
 MEMO_ITEM_MAX = 256 * 2**10
 
 
-def packed_body(content: bytes, content_type: Optional[str]) -> bytes:
-    """``body_tree`` packed; a JSON body seen before is not parsed again (bounded memory)."""
-    if not is_json(content_type):
-        return keys.pack_normalized(body_tree(content, content_type), "the request body")
-    packed = _body_memo.get(content)
-    if packed is None:
-        packed = keys.pack_normalized(body_tree(content, content_type), "the request body")
-        size = len(content) + len(packed)
-        if len(content) <= MEMO_ITEM_MAX:
-            if _memo_bytes[0] + size > MEMO_BYTES_MAX:
-                _body_memo.clear()
-                _memo_bytes[0] = 0
-            _body_memo[content] = packed
-            _memo_bytes[0] += size
-    return packed
+def keyed(request: Any, content_type: Optional[str], chosen: Optional[dict[str, str]]) -> tuple[str, str, bytes, dict[str, Any]]:
+    """``(function, key, packed request, parts)`` of a request (its body read). An identical
+    request seen before (SDKs send identical bytes for identical calls) is not parsed again; the
+    memo is bounded by bytes."""
+    content = request.content
+    memo_key = (request.method, str(request.url), content_type, tuple(chosen.items()) if chosen else None, content)
+    found = _memo.get(memo_key)
+    if found is not None:
+        return found
+    parts = request_parts(request, chosen)
+    packed = pack_request(parts, keys.pack_normalized(body_tree(content, content_type), "the request body"))
+    found = (function_id(parts), xxhash.xxh3_128_hexdigest(_KEY_PREFIX + packed), packed, parts)
+    size = 2 * len(content) + len(packed)
+    if len(content) <= MEMO_ITEM_MAX:
+        if _memo_bytes[0] + size > MEMO_BYTES_MAX:
+            _memo.clear()
+            _memo_bytes[0] = 0
+        _memo[memo_key] = found
+        _memo_bytes[0] += size
+    return found
 
 
 def examine(request: Any, key_headers: frozenset[bytes]) -> tuple[Optional[str], Optional[dict[str, str]]]:

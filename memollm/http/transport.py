@@ -12,10 +12,7 @@ import os
 import time
 from typing import Any, Callable, Iterable, Optional, Union
 
-import msgpack
-import xxhash
-
-from .. import keys, observers, streams
+from .. import observers, streams
 from ..config import TTL
 from ..core import MISSING, Cache, request_tree, resolve
 from ..entry import Stream
@@ -29,8 +26,6 @@ from .library import Library, default_name, load, name_of, of_request, replay_st
 from .sse import EventWatcher
 
 _OFF, _OFFLINE = Mode.OFF, Mode.OFFLINE
-_KEY_PREFIX = msgpack.Packer().pack_array_header(3) + msgpack.packb(keys.KEY_FORMAT) + msgpack.packb("http")
-_hexdigest = xxhash.xxh3_128_hexdigest
 
 
 def _is_http_entry(function: str) -> bool:
@@ -76,7 +71,7 @@ class HttpCache:
         self.match = match
         self.key_headers = convert.parse_key_headers(key_headers, owner)
         self.key_header_bytes = frozenset(name.encode("latin-1") for name in self.key_headers)
-        self.cache = Cache(options, owner, ["http"])
+        self.cache = Cache(options, owner, ["http"], shares_values=True)  # respond() only reads entries
         self.realtime = options.realtime
 
     # -- a request --------------------------------------------------------------------------
@@ -100,10 +95,7 @@ class HttpCache:
             if observers.watching:
                 cache.bypass(convert.function_id(convert.request_parts(request, chosen)))
             return None
-        parts = convert.request_parts(request, chosen)
-        packed = convert.pack_request(parts, convert.packed_body(request.content, content_type))
-        key = _hexdigest(_KEY_PREFIX + packed)
-        function = convert.function_id(parts)
+        function, key, packed, parts = convert.keyed(request, content_type, chosen)
         store = cache.store(create=mode.writes)
         value = MISSING
         if store is not None and mode.reads:
