@@ -39,12 +39,12 @@ class UsageLog:
         _live_logs.add(self)
 
     def hit(self, function: str, key: str, duration: float, tokens: int, usage: Optional[Usage] = None) -> None:
-        if _flusher_pid != os.getpid():
+        if not _flusher_here:
             _start_flusher()
         self._hits.append((function, key, duration, tokens, time.time(), usage))  # atomic; tallied at flush
 
     def miss(self, function: str) -> None:
-        if _flusher_pid != os.getpid():
+        if not _flusher_here:
             _start_flusher()
         with self._lock:
             self._functions.setdefault(function, [0, 0, 0.0, 0])[1] += 1
@@ -200,6 +200,7 @@ class UsageLog:
 
 _live_logs: "weakref.WeakSet[UsageLog]" = weakref.WeakSet()
 _flusher_pid = 0
+_flusher_here = False  # whether this process runs its flushing thread (false again in a forked child)
 _flusher_lock = threading.Lock()
 
 
@@ -215,7 +216,7 @@ def _flush_loop() -> None:
 
 def _start_flusher() -> None:
     """Start the flushing thread of this process (again after a fork, where threads are gone)."""
-    global _flusher_pid
+    global _flusher_pid, _flusher_here
     with _flusher_lock:
         if _flusher_pid != os.getpid():
             if _flusher_pid:  # a forked child: what is buffered belongs to the parent, which writes it
@@ -223,6 +224,16 @@ def _start_flusher() -> None:
                     log._hits, log._entry_hits, log._functions, log._history, log._saved = [], {}, {}, {}, {}
             threading.Thread(target=_flush_loop, name="memollm-usage", daemon=True).start()
             _flusher_pid = os.getpid()
+        _flusher_here = True
+
+
+def _after_fork_in_child() -> None:
+    global _flusher_here
+    _flusher_here = False  # the next hit or miss starts this process's own thread (no os.getpid() per hit)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @atexit.register
