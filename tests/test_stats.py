@@ -197,3 +197,32 @@ def test_hits_of_a_deleted_entry_are_not_credited_to_its_successor(tmp_path):
     time.sleep(0.3)
     hits = {entry["key"]: entry["hits"] for entry in cli_json("ls", "--cache-dir", str(tmp_path))}
     assert hits == {complete.cache_key("a"): 0, summarize.cache_key("s"): 0, other.cache_key("b"): 2}
+
+
+FORKING = """
+import os, sys, time
+from memollm import cache_llm
+
+@cache_llm(cache_dir=sys.argv[1])
+def complete(prompt):
+    return {"text": prompt, "usage": {"total_tokens": 4}}
+
+complete("a"); complete("a")          # the parent: a miss and a hit, still buffered at the fork
+pid = os.fork()
+if pid == 0:                          # the child: three hits, written by the child's own thread
+    complete("a"); complete("a"); complete("a")
+    time.sleep(1.0)                   # longer than the flush interval, then exit without atexit
+    os._exit(0)
+os.waitpid(pid, 0)
+"""
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_hits_in_a_forked_child_are_counted_once(tmp_path):
+    """A forked child starts its own usage thread (its parent's is not there) and drops what it
+    inherited buffered (the parent writes that): every hit counted exactly once."""
+    script = tmp_path / "fork.py"
+    script.write_text(FORKING)
+    subprocess.run([sys.executable, str(script), str(tmp_path / "cache")], check=True, timeout=60)
+    report = cli_json("stats", "--cache-dir", str(tmp_path / "cache"))
+    assert (report["hits"], report["misses"], report["tokens_saved"]) == (4, 1, 16)
