@@ -1,4 +1,4 @@
-"""Markdown tables of a results.json, for docs/benchmarks.md: ``python benchmarks/report.py [results.json]``."""
+"""Markdown tables of a results.json, for docs/benchmarks.md: ``python benchmarks/report.py [results.json] [--images=img/]``."""
 
 from __future__ import annotations
 
@@ -44,7 +44,12 @@ def latency_rows(contenders: dict[str, Any]) -> list[list[Any]]:
     return [[name, us(s["median_us"]), us(s["p90_us"])] for name, s in ordered]
 
 
-def render(results: dict[str, Any]) -> str:
+PLOTTED = {"hit": "Hit latency", "miss": "Miss overhead", "redis": "Redis hit", "streams": "Streams", "scale": "Scale", "savings": "Latency savings"}
+
+
+def render(results: dict[str, Any], images: str = "") -> str:
+    """The Markdown of every section; with ``images`` (a path prefix such as ``img/``), each
+    plotted section shows its plot under its heading."""
     meta = results["meta"]
     out = [
         f"Run of {meta['date']}: {'quick' if meta['quick'] else 'full'} mode, Python {meta['python']} on {meta['platform']}, "
@@ -139,13 +144,23 @@ def render(results: dict[str, Any]) -> str:
             f"sleeps scaled by {sec['time_scale']} while measuring, figures projected back to real latency.\n",
             table(["workload", "calls", "provider calls without / with", "without cache", "with memollm", "speed-up"], rows),
         ]
-    return "\n".join(out) + "\n"
+    if "observe" in s and s["observe"].get("contenders"):
+        sec = s["observe"]
+        out += ["\n### observe\n", table(["contender", "median", "p90"], latency_rows(sec["contenders"])), "", verdicts(sec)]
+    text = "\n".join(out) + "\n"
+    if images:
+        for name, title in PLOTTED.items():
+            if name in s:
+                text = text.replace(f"\n### {title}\n", f"\n### {title}\n\n![{title}]({images}{name}.png)\n", 1)
+    return text
 
 
 def main(argv: list[str]) -> int:
-    path = argv[1] if len(argv) > 1 else DEFAULT
+    args = [a for a in argv[1:] if not a.startswith("--images=")]
+    images = next((a.split("=", 1)[1] for a in argv[1:] if a.startswith("--images=")), "")
+    path = args[0] if args else DEFAULT
     with open(path) as f:
-        print(render(json.load(f)), end="")
+        print(render(json.load(f), images), end="")
     return 0
 
 

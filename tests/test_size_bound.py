@@ -177,3 +177,22 @@ def test_the_whole_dir_stays_within_max_size_index_and_log_included(tmp_path: Pa
         peak = max(peak, dir_bytes(cache))
     assert peak <= 1_000_000 + ALLOWANCE, peak
     assert disk_bytes(cache) > 600_000, "most of the bound still holds entries"
+
+
+def test_without_a_bound_the_log_stays_within_4_mib(tmp_path: Path) -> None:
+    """Without ``max_size`` the index's log is checkpointed every 1,000 pages (sparing a miss the
+    fsync of a checkpoint every few writes) and still never grows past 4 MiB."""
+    cache = tmp_path / "cache"
+
+    @cache_llm(cache_dir=cache)
+    def small(i: int) -> str:
+        return f"{i}:".ljust(300, "y")
+
+    log = cache / "index.sqlite3-wal"
+    sizes = []
+    for i in range(1_500):
+        small(i)
+        if i % 25 == 0:
+            sizes.append(log.stat().st_size if log.exists() else 0)
+    assert max(sizes) <= 4 * 2**20 + 64 * 2**10, max(sizes)
+    assert max(sizes) > 256 * 2**10, "the log is not checkpointed every few pages without a bound"

@@ -309,6 +309,7 @@ class DiskStore(Store):
         if max_size is None or max_size == self.max_size:
             return
         self.max_size = max_size
+        self.index.bound_log()
         self._with_index(lambda: self.index.set_info("max_size", max_size), lambda: None)
 
     def evict(self, max_size: int, keep: Optional[str] = None) -> PruneReport:

@@ -18,8 +18,14 @@ from ..entry import EntryMeta
 from ..stats import Usage
 
 INDEX_FILENAME = "index.sqlite3"
-WAL_CHECKPOINT_PAGES = 16  # the write-ahead log is copied into the index every 16 pages (64 KiB) ...
-WAL_SIZE_LIMIT = 64 * 2**10  # ... and cut back to 64 KiB when it restarts: it never keeps growing
+# The write-ahead log is copied into the index every so many pages, and cut back to a size limit
+# when it restarts: it never keeps growing. Under a size bound (``max_size``) the log is kept to
+# 64 KiB; without one, SQLite's default of 1,000 pages (4 MiB) spares a miss the fsync of a
+# checkpoint every few writes.
+WAL_CHECKPOINT_PAGES = 16
+WAL_SIZE_LIMIT = 64 * 2**10
+WAL_CHECKPOINT_PAGES_UNBOUNDED = 1000
+WAL_SIZE_LIMIT_UNBOUNDED = 4 * 2**20
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
@@ -106,6 +112,17 @@ class Index:
         self._local = threading.local()
         #: Bumped on every new connection, so callers notice a replaced (e.g. deleted) index file.
         self.generation = 0
+        self.log_limits = (WAL_CHECKPOINT_PAGES_UNBOUNDED, WAL_SIZE_LIMIT_UNBOUNDED)
+
+    def bound_log(self) -> None:
+        """Keep the write-ahead log short (the dir has a size bound that counts it); every
+        thread's connection applies it at its next operation."""
+        self.log_limits = (WAL_CHECKPOINT_PAGES, WAL_SIZE_LIMIT)
+
+    def _apply_log_limits(self, conn: sqlite3.Connection) -> None:
+        pages, limit = self._local.log_limits = self.log_limits
+        conn.execute(f"PRAGMA wal_autocheckpoint={pages}")
+        conn.execute(f"PRAGMA journal_size_limit={limit}")
 
     def _file_id(self) -> Optional[tuple[int, int]]:
         try:
@@ -121,6 +138,8 @@ class Index:
         if conn is not None and self._local.pid == os.getpid():
             # One stat per operation notices an index deleted or replaced under us.
             if self._file_id() == self._local.file_id:
+                if self._local.log_limits is not self.log_limits:
+                    self._apply_log_limits(conn)
                 return conn
             self.close()
         try:
@@ -139,8 +158,7 @@ class Index:
             if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
                 conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
-            conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
+            self._apply_log_limits(conn)
             conn.executescript(_SCHEMA)
             _add_columns(conn)
         except BaseException:
