@@ -144,9 +144,11 @@ def render(results: dict[str, Any], images: str = "") -> str:
             f"sleeps scaled by {sec['time_scale']} while measuring, figures projected back to real latency.\n",
             table(["workload", "calls", "provider calls without / with", "without cache", "with memollm", "speed-up"], rows),
         ]
-    if "observe" in s and s["observe"].get("contenders"):
+    if "observe" in s and "no_block" in s["observe"]:
         sec = s["observe"]
-        out += ["\n### observe\n", table(["contender", "median", "p90"], latency_rows(sec["contenders"])), "", verdicts(sec)]
+        rows = [[f"{name} (no block open)", us(v["median_us"]), us(v["p90_us"])] for name, v in sec["no_block"].items()]
+        rows += [[f"{name} (blocks open)" if "block" not in name else name, us(v["median_us"]), us(v["p90_us"])] for name, v in sec["blocks_open"].items()]
+        out += ["\n### observe\n", table(["contender", "median", "p90"], rows), "", verdicts(sec)]
     text = "\n".join(out) + "\n"
     if images:
         for name, title in PLOTTED.items():
