@@ -79,8 +79,11 @@ def run(args: argparse.Namespace) -> int:
     report = PruneReport()
     with CacheDir.open(args.cache_dir) as cache:
         if cache.store is not None:
+            limit = configured_limit(cache, args.max_size)
+            if limit:
+                cache.store.index.bound_log()  # the bound counts the index's log: kept short while pruning
             if wants_progress(cache.store.count()):  # worth listing what will go, to show a bar
-                expired, evicted = doomed(cache.rows(), configured_limit(cache, args.max_size), now, cache.store.index.file_bytes())
+                expired, evicted = doomed(cache.rows(), limit, now, cache.store.index.file_bytes())
                 if wants_progress(len(expired) + len(evicted)):
                     with Progress("pruning", len(expired) + len(evicted)) as progress:
                         delete_each(cache, expired, progress, True, report)

@@ -318,6 +318,7 @@ class DiskStore(Store):
         Costs one index range read per batch removed: proportional to what is evicted.
         """
         report = PruneReport()
+        self.index.bound_log()  # a dir held to a bound (`prune --max-size` too) keeps its log short
         self.usage.flush()  # recent hits count as recent use
         total = self.used_bytes()
         while total > max_size:
