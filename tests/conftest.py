@@ -1,13 +1,18 @@
-"""Shared test setup: tests/ on sys.path (for llm_server), a clean memollm environment per test."""
+"""Shared test setup: tests/ on sys.path (for llm_server), a clean memollm environment per test,
+and the loopback fake provider with openai/anthropic clients for it (``server``, ``oai``, ``claude``;
+a module may define its own)."""
 
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
+
+from llm_server import FakeLLMServer  # noqa: E402  (found through the path above)
 
 
 @pytest.fixture(autouse=True)
@@ -20,3 +25,27 @@ def _isolated_memollm_env(monkeypatch, tmp_path_factory):
 
     report.reset()
     yield
+
+
+@pytest.fixture
+def server() -> Iterator[FakeLLMServer]:
+    with FakeLLMServer() as srv:
+        yield srv
+
+
+@pytest.fixture
+def oai(server: FakeLLMServer) -> Iterator[object]:
+    import openai
+
+    client = openai.OpenAI(api_key="sk-test", base_url=server.base_url, max_retries=0, timeout=5)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def claude(server: FakeLLMServer) -> Iterator[object]:
+    import anthropic
+
+    client = anthropic.Anthropic(api_key="sk-test", base_url=server.anthropic_base_url, max_retries=0, timeout=5)
+    yield client
+    client.close()

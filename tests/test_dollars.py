@@ -12,13 +12,11 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 
 import anthropic
 import openai
 import pytest
 from anthropic.types import Message
-from llm_server import FakeLLMServer
 from openai.types.chat import ChatCompletion
 from openai.types.responses import Response, ResponseCompletedEvent
 
@@ -41,26 +39,6 @@ def dollars(model: str, **tokens: int) -> float:
 
 def ask(prompt: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": prompt}]
-
-
-@pytest.fixture
-def server() -> Iterator[FakeLLMServer]:
-    with FakeLLMServer() as srv:
-        yield srv
-
-
-@pytest.fixture
-def oai(server: FakeLLMServer) -> Iterator[openai.OpenAI]:
-    client = openai.OpenAI(api_key="sk-test", base_url=server.base_url, max_retries=0, timeout=5)
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def claude(server: FakeLLMServer) -> Iterator[anthropic.Anthropic]:
-    client = anthropic.Anthropic(api_key="sk-test", base_url=server.anthropic_base_url, max_retries=0, timeout=5)
-    yield client
-    client.close()
 
 
 def openai_completion(model: str, prompt: int, completion: int, cached: int = 0) -> ChatCompletion:

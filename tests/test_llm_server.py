@@ -10,7 +10,6 @@ sys.path.insert(0, os.path.dirname(__file__))
 import asyncio
 import threading
 import time
-from collections.abc import Iterator
 
 import anthropic
 import httpx
@@ -36,26 +35,6 @@ EXPECTED = "echo: hello there world"
 # prompt tokens = words in all message texts: 2 + 2 + 2 + 3
 EXPECTED_PROMPT_TOKENS = 9
 EXPECTED_COMPLETION_TOKENS = 4  # "echo: ", "hello ", "there ", "world"
-
-
-@pytest.fixture
-def server() -> Iterator[FakeLLMServer]:
-    with FakeLLMServer() as srv:
-        yield srv
-
-
-@pytest.fixture
-def oai(server: FakeLLMServer) -> Iterator[openai.OpenAI]:
-    client = openai.OpenAI(api_key="sk-test", base_url=server.base_url, max_retries=0, timeout=5)
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def claude(server: FakeLLMServer) -> Iterator[anthropic.Anthropic]:
-    client = anthropic.Anthropic(api_key="sk-test", base_url=server.anthropic_base_url, max_retries=0, timeout=5)
-    yield client
-    client.close()
 
 
 # -- helpers -------------------------------------------------------------------

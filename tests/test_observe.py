@@ -5,30 +5,15 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import threading
-from collections.abc import Iterator
 
 import openai
 import pytest
-from llm_server import FakeLLMServer
 
 import memollm
 from memollm import CacheMiss, CallRecord, cache_llm, cache_mode, observe
 
 pytestmark = pytest.mark.timeout(60)
 GPT = "gpt-4o-mini"
-
-
-@pytest.fixture
-def server() -> Iterator[FakeLLMServer]:
-    with FakeLLMServer() as srv:
-        yield srv
-
-
-@pytest.fixture
-def oai(server: FakeLLMServer) -> Iterator[openai.OpenAI]:
-    client = openai.OpenAI(api_key="sk-test", base_url=server.base_url, max_retries=0, timeout=5)
-    yield client
-    client.close()
 
 
 def test_records_hit_miss_bypass_and_offline_miss_in_order(tmp_path):
