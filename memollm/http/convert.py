@@ -125,7 +125,7 @@ def keyed(request: Any, content_type: Optional[str], chosen: Optional[dict[str, 
     parts = request_parts(request, chosen)
     packed = pack_request(parts, keys.pack_normalized(body_tree(content, content_type), "the request body"))
     found = (function_id(parts), xxhash.xxh3_128_hexdigest(_KEY_PREFIX + packed), packed, parts)
-    size = 2 * len(content) + len(packed)
+    size = len(content) + len(packed)  # the body in the memo's key, its packed form in the value
     if len(content) <= MEMO_ITEM_MAX:
         if _memo_bytes[0] + size > MEMO_BYTES_MAX:
             _memo.clear()
