@@ -226,3 +226,40 @@ def test_hits_in_a_forked_child_are_counted_once(tmp_path):
     subprocess.run([sys.executable, str(script), str(tmp_path / "cache")], check=True, timeout=60)
     report = cli_json("stats", "--cache-dir", str(tmp_path / "cache"))
     assert (report["hits"], report["misses"], report["tokens_saved"]) == (4, 1, 16)
+
+
+def test_many_hits_from_threads_are_tallied_exactly_per_entry(tmp_path):
+    """Hits are buffered as they happen and tallied per entry at flush: every one is counted,
+    per entry, per function and in tokens saved, and ``last_access`` is the latest hit's time."""
+    import threading
+
+    @cache_llm(cache_dir=tmp_path)
+    def complete(prompt):
+        return {"text": prompt, "usage": {"total_tokens": 3}}
+
+    prompts = ["a", "b", "c"]
+    for prompt in prompts:
+        complete(prompt)  # three misses
+    per_thread = {"a": 700, "b": 300, "c": 1}
+
+    def hit_all():
+        for prompt, count in per_thread.items():
+            for _ in range(count):
+                complete(prompt)
+
+    threads = [threading.Thread(target=hit_all) for _ in range(4)]
+    before = time.time()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    after = time.time()
+    time.sleep(0.5)  # the usage thread flushes every 0.1 s
+    (row,) = DiskStore(tmp_path).usage.totals()
+    total = 4 * sum(per_thread.values())
+    assert (row["hits"], row["misses"], row["tokens_saved"]) == (total, 3, 3 * total)
+    listed = {entry["key"]: entry for entry in cli_json("ls", "--cache-dir", str(tmp_path))}
+    for prompt, count in per_thread.items():
+        entry = listed[complete.cache_key(prompt)]
+        assert entry["hits"] == 4 * count
+        assert before <= entry["last_access"] <= after

@@ -337,7 +337,7 @@ class DiskStore(Store):
         return report
 
     def note_hit(self, meta: EntryMeta) -> None:
-        self.usage.hit(meta.function, meta.key, meta.duration, meta.tokens, meta.usage)
+        self.usage.hit(meta)
 
     def note_miss(self, function: str) -> None:
         self.usage.miss(function)

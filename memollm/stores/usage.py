@@ -16,12 +16,17 @@ import os
 import threading
 import time
 import weakref
+from collections import Counter
+from operator import itemgetter
 from typing import Any, Callable, Optional
 
+from ..entry import EntryMeta
 from ..stats import Usage
 from .index import Index, _transaction
 
 FLUSH_INTERVAL = 0.1
+_first = itemgetter(0)
+_second = itemgetter(1)
 
 
 class UsageLog:
@@ -34,14 +39,14 @@ class UsageLog:
         self._functions: dict[str, list[Any]] = {}  # function -> [hits, misses, seconds, tokens]
         self._history: dict[tuple[str, int], list[Any]] = {}  # (function, hour) -> [hits, misses, seconds, tokens]
         self._saved: dict[tuple[str, Usage], int] = {}  # (function, usage) -> hits, priced when reported
-        self._hits: list[tuple[str, str, float, int, float, Optional[Usage]]] = []
+        self._hits: list[tuple[EntryMeta, float]] = []  # (entry, when) per hit, tallied at flush
         self._writing = threading.Lock()
         _live_logs.add(self)
 
-    def hit(self, function: str, key: str, duration: float, tokens: int, usage: Optional[Usage] = None) -> None:
+    def hit(self, meta: EntryMeta) -> None:
         if not _flusher_here:
             _start_flusher()
-        self._hits.append((function, key, duration, tokens, time.time(), usage))  # atomic; tallied at flush
+        self._hits.append((meta, time.time()))  # atomic; tallied at flush
 
     def miss(self, function: str) -> None:
         if not _flusher_here:
@@ -125,19 +130,32 @@ class UsageLog:
 
     def _tally(self, credit_entry: Optional[Callable[[str, str], bool]] = None) -> None:
         """Move the raw hits into the per-entry and per-function tallies (under ``_lock``);
-        ``credit_entry(function, key)`` false: count the hit for the function only."""
+        ``credit_entry(function, key)`` false: count the hit for the function only.
+
+        Hits of one entry share its ``EntryMeta`` object: they are counted per object by C-level
+        passes (``Counter``, ``dict(zip(...))``), so the Python loop runs once per entry hit, not
+        once per hit (a tight loop of hits would otherwise spend as much time here as hitting).
+        """
         hits, self._hits = self._hits, []
-        for function, key, duration, tokens, when, usage in hits:
+        if not hits:
+            return
+        ids = list(map(id, map(_first, hits)))  # the list keeps every meta alive: ids are unique
+        metas = dict(zip(ids, map(_first, hits)))
+        last = dict(zip(ids, map(_second, hits)))  # the latest hit of each (appended in time order)
+        for ident, count in Counter(ids).items():
+            meta, when = metas[ident], last[ident]
+            function, key = meta.function, meta.key
             if credit_entry is None or credit_entry(function, key):
                 entry = self._entry_hits.setdefault(key, [0, when, function])
-                entry[0] += 1
+                entry[0] += count
                 entry[1] = max(entry[1], when)
             for counters in (self._functions.setdefault(function, [0, 0, 0.0, 0]), self._history.setdefault((function, int(when // 3600)), [0, 0, 0.0, 0])):
-                counters[0] += 1
-                counters[2] += duration
-                counters[3] += tokens
+                counters[0] += count
+                counters[2] += meta.duration * count
+                counters[3] += meta.tokens * count
+            usage = meta.usage
             if usage is not None and usage.model is not None:
-                self._saved[(function, usage)] = self._saved.get((function, usage), 0) + 1
+                self._saved[(function, usage)] = self._saved.get((function, usage), 0) + count
 
     def forget(self, function: Optional[str] = None, key: Optional[str] = None) -> None:
         """Drop the buffered per-entry hits of entries being deleted (one key, a function's, or
