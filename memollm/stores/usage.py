@@ -135,6 +135,7 @@ class UsageLog:
         Hits of one entry share its ``EntryMeta`` object: they are counted per object by C-level
         passes (``Counter``, ``dict(zip(...))``), so the Python loop runs once per entry hit, not
         once per hit (a tight loop of hits would otherwise spend as much time here as hitting).
+        An entry's hits of one tally (a flush interval) count in the hour of its latest hit.
         """
         hits, self._hits = self._hits, []
         if not hits:
