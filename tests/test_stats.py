@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -231,16 +232,14 @@ def test_hits_in_a_forked_child_are_counted_once(tmp_path):
 def test_many_hits_from_threads_are_tallied_exactly_per_entry(tmp_path):
     """Hits are buffered as they happen and tallied per entry at flush: every one is counted,
     per entry, per function and in tokens saved, and ``last_access`` is the latest hit's time."""
-    import threading
 
     @cache_llm(cache_dir=tmp_path)
     def complete(prompt):
         return {"text": prompt, "usage": {"total_tokens": 3}}
 
-    prompts = ["a", "b", "c"]
-    for prompt in prompts:
-        complete(prompt)  # three misses
     per_thread = {"a": 700, "b": 300, "c": 1}
+    for prompt in per_thread:
+        complete(prompt)  # three misses
 
     def hit_all():
         for prompt, count in per_thread.items():
