@@ -59,8 +59,17 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         "(default 600 in a full run, none with --quick; 0 for none)",
     )
     parser.add_argument("--workers", type=int, default=None, help="processes that populate the large store (default: CPU count)")
+    parser.add_argument(
+        "--scratch",
+        default=None,
+        metavar="DIR",
+        help="existing directory in which the contenders' cache dirs are made, removed at the end "
+        "(default: the system temp dir; a cache is only as fast as the file system it is on)",
+    )
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     args = parser.parse_args(argv)
+    if args.scratch is not None and not os.path.isdir(args.scratch):
+        parser.error(f"--scratch {args.scratch!r} is not a directory: create it first, or leave --scratch out to use the system temp dir")
     chosen: list[str] = []
     for item in args.only or []:
         chosen.extend(s.strip() for s in item.split(",") if s.strip())
@@ -99,6 +108,7 @@ def meta(settings: common.Settings) -> dict[str, Any]:
         "quick": settings.quick,
         "time_scale": settings.time_scale,
         "scale_sizes": [settings.small, settings.large],
+        "scratch": os.path.dirname(settings.scratch),
         "populate_budget_s": settings.populate_budget,
         "timer_overhead_ns": common.timer_overhead_ns(),
         "versions": versions,
@@ -115,7 +125,7 @@ def isolate_environment(scratch: str) -> None:
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
-    scratch = tempfile.mkdtemp(prefix="memollm-bench-")
+    scratch = tempfile.mkdtemp(prefix="memollm-bench-", dir=args.scratch)
     # Registered before memollm is imported, so this runs after memollm's own exit handlers
     # (which flush buffered usage into the cache dirs) and nothing is left behind.
     atexit.register(common.remove_tree, scratch)
