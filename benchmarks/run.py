@@ -108,7 +108,7 @@ def meta(settings: common.Settings) -> dict[str, Any]:
         "quick": settings.quick,
         "time_scale": settings.time_scale,
         "scale_sizes": [settings.small, settings.large],
-        "scratch": os.path.dirname(settings.scratch),
+        "scratch": os.path.dirname(os.path.abspath(settings.scratch)),
         "populate_budget_s": settings.populate_budget,
         "timer_overhead_ns": common.timer_overhead_ns(),
         "versions": versions,
