@@ -26,7 +26,6 @@ from .index import Index, _transaction
 
 FLUSH_INTERVAL = 0.1
 _first = itemgetter(0)
-_second = itemgetter(1)
 
 
 class UsageLog:
@@ -141,10 +140,9 @@ class UsageLog:
         if not hits:
             return
         ids = list(map(id, map(_first, hits)))  # the list keeps every meta alive: ids are unique
-        metas = dict(zip(ids, map(_first, hits)))
-        last = dict(zip(ids, map(_second, hits)))  # the latest hit of each (appended in time order)
+        latest = dict(zip(ids, hits))  # each entry's latest hit (hits are appended in time order)
         for ident, count in Counter(ids).items():
-            meta, when = metas[ident], last[ident]
+            meta, when = latest[ident]
             function, key = meta.function, meta.key
             if credit_entry is None or credit_entry(function, key):
                 entry = self._entry_hits.setdefault(key, [0, when, function])
