@@ -326,6 +326,10 @@ class _CacheMethods(_HasEngine):
     """
 
     __slots__ = ()
+    # What wrapt's own attribute lookup does (the proxy's attributes, else the function's via
+    # ``__getattr__``), but reached directly: a Python subclass of wrapt's C proxy otherwise
+    # calls its ``__getattribute__`` through a method wrapper, ~1k instructions per attribute.
+    __getattribute__ = object.__getattribute__
 
     def __copy__(self) -> Any:
         return self  # as copy.copy does for functions
