@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import io
+import operator
 import os
 import pickle
 import time
@@ -391,13 +392,8 @@ class CachedFunction(_CacheMethods, wrapt.FunctionWrapper):  # type: ignore[misc
     def _bound_instance(self) -> Any:
         return self._self_bound_to
 
-    def cache_key(self, *args: Any, **kwargs: Any) -> str:
-        """The 32-hex-character key a call with these arguments uses."""
-        plain_key = self._self_plain_key
-        if plain_key is not None:  # a plain function: straight to the key
-            return plain_key(args, kwargs)  # type: ignore[no-any-return]
-        engine = self._self_engine
-        return engine.key(engine.full_args(self._self_bound_to, args), kwargs)
+    # The closure made at decoration, fetched by a C getter (no Python frame but its own).
+    cache_key = property(operator.attrgetter("_self_cache_key"), doc="The 32-hex-character key a call with these arguments uses.")
 
     def __reduce_ex__(self, protocol: Any) -> Any:
         """Pickled by reference, as Python pickles functions: ``module.qualname``, which names this
@@ -422,7 +418,25 @@ class CachedFunction(_CacheMethods, wrapt.FunctionWrapper):  # type: ignore[misc
             super().__init__(wrapped, call)
         self._self_engine = engine
         self._self_bound_to = wrapped.__self__ if inspect.ismethod(wrapped) else None  # a bound method decorated
-        self._self_plain_key = engine.keys.key if self._self_bound_to is None and engine.key_fn is None else None
+        self._self_cache_key = _key_of_call(engine, self._self_bound_to)
+
+
+def _key_of_call(engine: _Engine, bound_to: Any) -> Callable[..., str]:
+    """``cache_key`` of a decorated function: for a plain one, straight to the key maker."""
+    if bound_to is None and engine.key_fn is None:
+        key = engine.keys.key
+
+        def cache_key(*args: Any, **kwargs: Any) -> str:
+            """The 32-hex-character key a call with these arguments uses."""
+            return key(args, kwargs)
+
+    else:
+
+        def cache_key(*args: Any, **kwargs: Any) -> str:
+            """The 32-hex-character key a call with these arguments uses."""
+            return engine.key(engine.full_args(bound_to, args), kwargs)
+
+    return cache_key
 
 
 def _call_kind(func: Callable[..., Any]) -> str:

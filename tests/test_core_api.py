@@ -276,6 +276,26 @@ def test_custom_store_receives_entries() -> None:
     assert key == f.cache_key(21)
 
 
+def test_cache_key_is_the_key_a_call_stores_under_in_every_form() -> None:
+    class Model:
+        def __cache_key__(self) -> str:
+            return "m"
+
+        def ask(self, x: int) -> int:
+            return x + 1
+
+    store = DictStore()
+    plain = cache_llm(store=store)(lambda x: x)
+    chosen = cache_llm(store=store, key=lambda x: {"only": x % 10})(lambda x: x)
+    bound = cache_llm(store=store)(Model().ask)
+    for fn in (plain, chosen, bound):
+        before = set(store.data)
+        fn(13)
+        [(_, key)] = set(store.data) - before
+        assert fn.cache_key(13) == key == fn.cache_key(x=13)
+    assert chosen.cache_key(3) == chosen.cache_key(13) != plain.cache_key(13)
+
+
 def test_memory_store_and_disk_store_are_separate(tmp_path: Path) -> None:
     calls = []
 
