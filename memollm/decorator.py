@@ -76,6 +76,10 @@ class _Engine:
             return self.keys.key_of(self.key_fn(*args, **kwargs))
         return self.keys.key(args, kwargs)
 
+    def key_for(self, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+        """The cache key of a call on ``instance`` (``None`` or ``_PLAIN``: a plain function)."""
+        return self.key(self.full_args(instance, args), kwargs)
+
     def call_key(self, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Optional[str]:
         """Key of a call, or ``None`` when the arguments do not fit the signature.
 
@@ -165,7 +169,7 @@ class _Engine:
 
     def explain(self, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> explaining.Explanation:
         """What a call with these arguments would do now, and why (see ``CachedFunction.explain``)."""
-        key = self.key(self.full_args(instance, args), kwargs)
+        key = self.key_for(instance, args, kwargs)
         sample = None
         if self.cache.sampler is not None:
             sample = self.cache.sampler.peek(key)
@@ -351,8 +355,7 @@ class _CacheMethods(_HasEngine):
 
     def cache_key(self, *args: Any, **kwargs: Any) -> str:
         """The 32-hex-character key a call with these arguments uses."""
-        engine = self._self_engine
-        return engine.key(engine.full_args(self._bound_instance(), args), kwargs)
+        return self._self_engine.key_for(self._bound_instance(), args, kwargs)
 
     def invalidate(self, *args: Any, **kwargs: Any) -> bool:
         """Remove the entry of a call with these arguments; True if it existed."""
@@ -434,7 +437,7 @@ def _key_of_call(engine: _Engine, bound_to: Any) -> Callable[..., str]:
 
         def cache_key(*args: Any, **kwargs: Any) -> str:
             """The 32-hex-character key a call with these arguments uses."""
-            return engine.key(engine.full_args(bound_to, args), kwargs)
+            return engine.key_for(bound_to, args, kwargs)
 
     return cache_key
 
