@@ -141,3 +141,35 @@ def test_without_opentelemetry_nothing_is_imported(tmp_path):
     proc = run(script, str(tmp_path))
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == []
+
+
+def test_an_http_front_door_counts_a_bounded_number_of_functions_apart(tmp_path):
+    """URL paths holding ids (``/v1/threads/<id>/runs``) make a function each: past the cap
+    they share one set of counters, so memory stays bounded and no count is lost."""
+    script = READ + textwrap.dedent(
+        """
+        import json, sys
+        import httpx
+        import memollm.core.cache
+        import memollm.http
+        from opentelemetry import metrics
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+        memollm.core.cache.FUNCTIONS_COUNTED_MAX = 3
+        reader = InMemoryMetricReader()
+        metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+        inner = httpx.MockTransport(lambda request: httpx.Response(200, json={"path": request.url.path}))
+        with httpx.Client(transport=memollm.http.CachingTransport(inner, cache_dir=sys.argv[1])) as client:
+            for i in range(6):
+                for _ in range(2):  # a miss, then a hit
+                    assert client.post(f"http://api.test/v1/threads/t{i}/runs", json={"n": i}).json() == {"path": f"/v1/threads/t{i}/runs"}
+        print(json.dumps(collected(reader)))
+        """
+    )
+    proc = run(script, str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    for counter in ("memollm.hits", "memollm.misses"):
+        points = out[counter]["points"]
+        assert points == {**{f"http:POST api.test/v1/threads/t{i}/runs": 1 for i in range(3)}, "(other functions)": 3}

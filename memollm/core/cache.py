@@ -72,6 +72,10 @@ _verified_bytes = [0]
 _IMMUTABLE = frozenset({str, bytes, int, float, bool, type(None)})
 SHARED_ITEMS_MAX = 100_000
 """Chunks of a stream shared between hits at most (each counts 64 bytes against VERIFIED_BYTES_MAX)."""
+FUNCTIONS_COUNTED_MAX = 1_000
+"""Functions a multi-function front door counts apart (~450 bytes each); later ones share one
+set of counters, under ``OTHER_FUNCTIONS`` (URL paths holding ids would otherwise grow it forever)."""
+OTHER_FUNCTIONS = "(other functions)"
 
 
 def remember(table: dict[str, Verified], key: str, verified: Verified, size: int) -> None:
@@ -199,6 +203,8 @@ class Cache:
         """The counters of one of the functions a multi-function front door caches."""
         counters = self.by_function.get(function)
         if counters is None:
+            if len(self.by_function) >= FUNCTIONS_COUNTED_MAX:
+                function = OTHER_FUNCTIONS
             counters = self.by_function.setdefault(function, Counters())
         return counters
 
