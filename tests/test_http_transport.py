@@ -594,6 +594,28 @@ def test_single_flight_across_processes(server: FakeLLMServer, tmp_path) -> None
     assert server.request_count == 1
 
 
+def test_many_distinct_url_paths_keep_memory_bounded_and_still_hit(tmp_path, monkeypatch) -> None:
+    """Paths holding ids make a function each; the tables memollm keeps per function stay capped
+    (here lowered to 4) and every entry is still served from the cache after they were cut."""
+    import memollm.core.cache
+    import memollm.stores.disk
+
+    monkeypatch.setattr(memollm.stores.disk, "FUNCTION_DIRS_MAX", 4)
+    monkeypatch.setattr(memollm.core.cache, "FUNCTIONS_COUNTED_MAX", 4)
+    inner = Counting(httpx, json_reply(httpx))
+    transport = memollm.http.CachingTransport(inner, cache_dir=tmp_path)
+    urls = [f"http://api.test/v1/threads/t{i}/runs" for i in range(12)]
+    client = httpx.Client(transport=transport)
+    for _ in range(2):
+        for url in urls:
+            assert client.post(url, json={"q": url}).json()["answer"] == 42
+    client.close()
+    assert inner.calls == len(urls)  # the second round: all hits
+    store = memollm.config.disk_store(str(tmp_path), None)
+    assert len(store._function_dirs) <= 4
+    assert sorted(m.function for m in store.entries()) == sorted(f"http:POST {url.split('//')[1]}" for url in urls)
+
+
 def test_entries_are_listed_by_the_cli(server: FakeLLMServer, tmp_path) -> None:
     chat(server, memollm.http.client(cache_dir=tmp_path), "listed")
     done = subprocess.run([sys.executable, "-m", "memollm", "ls", "--cache-dir", str(tmp_path)], capture_output=True, text=True, timeout=60)

@@ -59,6 +59,7 @@ DEAD_WRITER_AGE = 1.0  # ... or sooner, if its writer's pid is no longer running
 ORPHAN_CHECK_BATCH = 10_000  # index rows checked for a missing file per prune (a rolling window)
 INDEX_PAUSE = 30.0  # seconds the index is left alone after it stayed locked for a whole busy timeout
 PENDING_MAX = 10_000  # index updates remembered while it is paused or failing
+FUNCTION_DIRS_MAX = 10_000  # function dirs remembered (HTTP paths holding ids make a function each)
 TRUST_RECHECK = 1.0  # seconds an entry held in memory is served before the dir's mode is checked again
 
 
@@ -205,6 +206,8 @@ class DiskStore(Store):
     def item_path(self, function: str, key: str) -> str:
         directory = self._function_dirs.get(function)
         if directory is None:
+            if len(self._function_dirs) >= FUNCTION_DIRS_MAX:
+                self._function_dirs.clear()
             directory = self._function_dirs[function] = os.path.join(self._entries_root, function_dirname(function))
         return f"{directory}{os.sep}{key[:2]}{os.sep}{key}{os.sep}{ITEM_FILENAME}"
 
