@@ -154,12 +154,19 @@ def test_source_edit_makes_new_entries_and_cache_clear_removes_all(tmp_path: Pat
 
 
 CONCURRENT = """
-import os, sys
+import os, sys, time
 import helpers
 os.environ["MEMOLLM_CACHE_DIR"] = sys.argv[1]
 for round in range(3):
     for i in range(10):
         assert helpers.complete(f"p{i}")["text"] == f"P{i}"
+# Count once every process has finished writing: an entry another process has just renamed into
+# place is served at once, but counted from the index only when that process's write completes.
+done = os.path.join(sys.argv[2], f"done-{os.getpid()}")
+open(done, "w").close()
+deadline = time.monotonic() + 30
+while len(os.listdir(sys.argv[2])) < int(sys.argv[3]) and time.monotonic() < deadline:
+    time.sleep(0.01)
 print(helpers.complete.cache_info().entries)
 """
 
@@ -168,8 +175,10 @@ def test_many_processes_share_a_cache_dir(workspace: Path) -> None:
     cache = workspace / "shared-cache"
     env = {k: v for k, v in os.environ.items() if not k.startswith("MEMOLLM_")}
     env.update(PYTHONPATH=str(workspace / "code"), CALLS_FILE=str(workspace / "calls.txt"))
+    finished = workspace / "finished"
+    finished.mkdir()
     procs = [
-        subprocess.Popen([sys.executable, "-c", textwrap.dedent(CONCURRENT), str(cache)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen([sys.executable, "-c", textwrap.dedent(CONCURRENT), str(cache), str(finished), "3"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for _ in range(3)
     ]
     outputs = [p.communicate(timeout=60) for p in procs]
