@@ -18,16 +18,25 @@ logger = logging.getLogger("memollm")
 # A library's logger: records reach the handlers an application configures, and nothing is
 # printed when it configures none (the warnings module already shows each problem).
 logger.addHandler(logging.NullHandler())
+SEEN_MAX = 10_000  # problems remembered; past it they are forgotten and reported once more
 _seen: set[tuple[str, str]] = set()
 _lock = threading.Lock()
 
 
+def _first_time(where: str, problem: str) -> bool:
+    """Whether ``problem`` at ``where`` is new; memory stays bounded (strange entries, HTTP paths)."""
+    with _lock:
+        if (where, problem) in _seen:
+            return False
+        if len(_seen) >= SEEN_MAX:
+            _seen.clear()
+        _seen.add((where, problem))
+        return True
+
+
 def warn_once(where: str, problem: str, message: str, category: type[Warning] = CacheWarning) -> None:
     """Warn about ``problem`` at ``where`` the first time only; later repeats are logged at debug level."""
-    with _lock:
-        first = (where, problem) not in _seen
-        _seen.add((where, problem))
-    if first:
+    if _first_time(where, problem):
         logger.warning("%s", message)
         warnings.warn(message, category, stacklevel=4)
     else:
@@ -36,9 +45,7 @@ def warn_once(where: str, problem: str, message: str, category: type[Warning] = 
 
 def warn_uncacheable(function_id: str, problem: str, message: str) -> None:
     """An ``UncacheableValueWarning``; only its first occurrence is logged at warning level."""
-    with _lock:
-        first = (function_id, problem) not in _seen
-        _seen.add((function_id, problem))
+    first = _first_time(function_id, problem)
     logger.log(logging.WARNING if first else logging.DEBUG, "%s", message)
     warnings.warn(message, UncacheableValueWarning, stacklevel=4)
 

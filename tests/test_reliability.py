@@ -215,6 +215,33 @@ def test_prune_reports_strange_entries_in_words(tmp_path: Path) -> None:
     assert "1 entry path holding no regular file" in pruned.stdout
 
 
+def test_the_memory_of_problems_reported_once_stays_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each strange entry is its own problem (warned once): their number must not grow memory."""
+    import warnings
+
+    from memollm import report
+
+    monkeypatch.setattr(report, "SEEN_MAX", 8)
+    calls = []
+
+    @cache_llm(cache_dir=tmp_path)
+    def complete(i: int) -> int:
+        calls.append(i)
+        return i
+
+    for i in range(30):
+        complete(i)
+    for path in tmp_path.joinpath("joblib").rglob("output.msgpack"):
+        plant(path, "directory")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for i in range(30):
+            assert complete(i) == i  # a miss, recomputed
+            assert len(report._seen) <= 8
+    assert calls == list(range(30)) * 2
+    assert sum("not a regular file" in str(w.message) for w in caught) == 30
+
+
 @pytest.mark.parametrize("kind", ["file", "fifo"])
 def test_an_entry_dir_that_is_not_a_directory_is_repaired_on_write(tmp_path: Path, kind: str) -> None:
     run_helper(tmp_path)
