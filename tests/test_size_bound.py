@@ -196,3 +196,81 @@ def test_without_a_bound_the_log_stays_within_4_mib(tmp_path: Path) -> None:
             sizes.append(log.stat().st_size if log.exists() else 0)
     assert max(sizes) <= 4 * 2**20 + 64 * 2**10, max(sizes)
     assert max(sizes) > 256 * 2**10, "the log is not checkpointed every few pages without a bound"
+
+
+def test_a_memory_store_with_max_size_evicts_the_least_recently_used() -> None:
+    calls = []
+
+    @cache_llm(store="memory", max_size=10_000)
+    def reply(i: int) -> str:
+        calls.append(i)
+        return str(i).ljust(1_000, "z")
+
+    @cache_llm(store="memory")
+    def unbounded(i: int) -> int:  # the shared memory store is not affected by the bound
+        return i
+
+    unbounded(0)
+    for i in range(50):
+        assert reply(i) == str(i).ljust(1_000, "z")
+        assert reply(0) == str(0).ljust(1_000, "z")  # kept in use: never evicted
+        assert reply.cache_info().bytes <= 10_000
+    assert calls == list(range(50)), "0 stayed cached throughout"
+    assert 5 <= reply.cache_info().entries <= 9, "the bound holds as many ~1 KB entries as fit"
+    reply(1)
+    assert calls[-1] == 1, "an early entry was evicted"
+    assert unbounded.cache_info().entries == 1
+
+
+def test_a_memory_store_keeps_nothing_larger_than_max_size() -> None:
+    import warnings
+
+    calls = []
+
+    @cache_llm(store="memory", max_size="1KB")
+    def reply(n: int) -> str:
+        calls.append(n)
+        return "x" * n
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert reply(5_000) == reply(5_000) == "x" * 5_000
+    assert calls == [5_000, 5_000]
+    assert sum("max_size=1000" in str(w.message) for w in caught) == 1, [str(w.message) for w in caught]
+    assert reply(10) == reply(10) and calls[-1] == 10 and len(calls) == 3
+
+
+def test_max_size_does_not_apply_to_redis_or_store_objects() -> None:
+    from memollm.stores import MemoryStore
+
+    for store in ("redis://:hunter2@localhost:1/0", MemoryStore()):
+        with pytest.raises(ValueError, match=r"max_size.*maxmemory") as raised:
+            cache_llm(store=store, max_size="1MB")
+        assert "hunter2" not in str(raised.value)
+
+
+def test_expired_entries_leave_a_memory_store_as_writes_go() -> None:
+    """Without ``max_size`` too, a long-running process holds what is live, not all it ever wrote."""
+    from memollm.stores import MemoryStore
+    from memollm.stores.memory import SWEEP_MIN
+
+    store = MemoryStore()
+    calls = []
+
+    @cache_llm(store=store, ttl=1)
+    def reply(i: int) -> int:
+        calls.append(i)
+        return i
+
+    for i in range(SWEEP_MIN + 100):
+        reply(i)
+    time.sleep(1.1)  # all of those expire
+    peak = 0
+    for i in range(SWEEP_MIN + 100, 4 * SWEEP_MIN):
+        reply(i)
+        peak = max(peak, store.count())
+    live = 4 * SWEEP_MIN - (SWEEP_MIN + 100)
+    assert store.count() == live, "every expired entry was dropped, every live one kept"
+    assert peak == live, f"{peak}: without the sweeps {4 * SWEEP_MIN}"
+    before = len(calls)
+    assert reply(4 * SWEEP_MIN - 1) == 4 * SWEEP_MIN - 1 and len(calls) == before, "live entries stay"

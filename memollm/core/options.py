@@ -13,7 +13,7 @@ from typing import Any, Callable, Optional, Union
 from ..config import TTL, parse_size, parse_ttl, secret_bytes
 from ..modes import Mode, parse_mode
 from ..stores.base import Store
-from ..stores.memory import SHARED_MEMORY_STORE
+from ..stores.memory import SHARED_MEMORY_STORE, MemoryStore
 from ..streams import DEFAULT_MAX_STREAM_SIZE
 
 STORE_METHODS = ("get", "set", "delete", "clear", "entries")
@@ -68,8 +68,13 @@ def resolve(
         raise ValueError(f"{owner}(replay={replay!r}) must be 'instant' (default) or 'realtime' (recorded chunk timing)")
     stream_limit = parse_size(max_stream_size, f"{owner}(max_stream_size=...)")
     size_limit = parse_size(max_size, f"{owner}(max_size=...)")
-    if size_limit is not None and fixed_store is not None:
-        raise ValueError(f"{owner}(max_size=...) bounds a disk cache dir; it does not apply to store=... (Redis has its own maxmemory)")
+    if size_limit is not None and fixed_store is SHARED_MEMORY_STORE:
+        fixed_store = MemoryStore(max_size=size_limit)  # a bounded store of its own
+    elif size_limit is not None and fixed_store is not None:
+        raise ValueError(
+            f"{owner}(max_size=...) bounds a disk cache dir or store='memory'; it does not apply to Redis or a store "
+            "object (bound Redis with its maxmemory setting, a store of your own in the store)"
+        )
     if cache_if is not None and not callable(cache_if):
         raise TypeError(f"{owner}(cache_if=...) must be a callable taking the result and returning whether to store it, not {type(cache_if).__name__}")
     if not isinstance(record_request, bool):
