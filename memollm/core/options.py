@@ -73,7 +73,7 @@ def resolve(
     elif size_limit is not None and fixed_store is not None:
         raise ValueError(
             f"{owner}(max_size=...) bounds a disk cache dir or store='memory'; it does not apply to Redis or a store "
-            "object (bound Redis with its maxmemory setting, a store of your own in the store)"
+            "object (bound Redis with its maxmemory setting; a store object bounds itself, e.g. MemoryStore(max_size=...))"
         )
     if cache_if is not None and not callable(cache_if):
         raise TypeError(f"{owner}(cache_if=...) must be a callable taking the result and returning whether to store it, not {type(cache_if).__name__}")
