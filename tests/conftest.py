@@ -4,6 +4,7 @@ a module may define its own)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 from collections.abc import Iterator
@@ -25,6 +26,21 @@ def _isolated_memollm_env(monkeypatch, tmp_path_factory):
 
     report.reset()
     yield
+    _close_litellm_clients()
+
+
+def _close_litellm_clients() -> None:
+    """litellm keeps the SDK clients it makes (for 10 minutes); close those of a finished test,
+    whose fake provider is gone (else they are closed only at exit, with ResourceWarnings)."""
+    litellm = sys.modules.get("litellm")
+    cache = getattr(litellm, "in_memory_llm_clients_cache", None)
+    if cache is None:
+        return
+    for client in list(getattr(cache, "cache_dict", {}).values()):
+        close = getattr(client, "close", None)
+        if callable(close) and not asyncio.iscoroutinefunction(close):
+            close()
+    cache.flush_cache()
 
 
 @pytest.fixture
