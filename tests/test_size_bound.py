@@ -274,3 +274,22 @@ def test_expired_entries_leave_a_memory_store_as_writes_go() -> None:
     assert peak == live, f"{peak}: without the sweeps {4 * SWEEP_MIN}"
     before = len(calls)
     assert reply(4 * SWEEP_MIN - 1) == 4 * SWEEP_MIN - 1 and len(calls) == before, "live entries stay"
+
+
+def test_the_http_layer_bounds_a_memory_store_too() -> None:
+    httpx = pytest.importorskip("httpx")
+    from memollm import http
+
+    sent = []
+
+    def provider(request: Any) -> Any:
+        sent.append(request.url.path)
+        return httpx.Response(200, json={"path": request.url.path, "pad": "x" * 2_000})
+
+    transport = http.CachingTransport(transport=httpx.MockTransport(provider), store="memory", max_size="10KB")
+    with httpx.Client(transport=transport) as client:
+        for i in range(20):
+            assert client.post(f"http://provider.test/v1/p{i}", json={"i": i}).json()["path"] == f"/v1/p{i}"
+            assert transport.cache_info().bytes <= 10_000
+        client.post("http://provider.test/v1/p19", json={"i": 19})  # the latest is kept
+    assert len(sent) == 20
