@@ -19,7 +19,6 @@ from .config import TTL
 from .core import MISSING, Cache, CacheOptions, request_tree, resolve, samples
 from .core import explain as explaining
 from .entry import Stream
-from .errors import CacheMiss
 from .modes import Mode, current_mode
 from .observers import OFFLINE_MISS
 from .report import warn_uncacheable
@@ -153,19 +152,8 @@ class _Engine:
                 cache.bypass(self.function_id)  # a call the function rejects: let it raise its own TypeError
                 return None
             cache.note_miss(store, self.function_id, key, OFFLINE_MISS, sample)
-            raise self.offline_miss(store, base, key, sample, self.request(instance, args, kwargs))
+            raise cache.offline_miss(store, self.function_id, base, key, sample, self.request(instance, args, kwargs))
         return mode, store, key, value, sample
-
-    def offline_miss(self, store: Optional[Store], base: str, key: str, sample: Optional[int], request: Any) -> CacheMiss:
-        """The offline ``CacheMiss``, with how the call differs from the nearest recorded entry."""
-        lines = []
-        if sample is not None:
-            recorded = self.cache.recorded_samples(store, self.function_id, base)
-            lines.append(f"samples={self.cache.samples}: {recorded} of {self.cache.samples} recorded for this request, not sample {sample}.")
-        nearest = self.cache.nearest_differences(store, self.function_id, key, request)
-        if nearest:
-            lines.append(nearest)
-        return self.cache.miss_error(store, self.function_id, key, detail="\n".join(lines))
 
     def explain(self, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> explaining.Explanation:
         """What a call with these arguments would do now, and why (see ``CachedFunction.explain``)."""

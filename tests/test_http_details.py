@@ -1,5 +1,6 @@
 """Details of the HTTP layer a careful user meets: the URL shown, the query in an offline miss,
-nested credentials, a ``match=`` predicate that fails, streams found by ``ls --grep``."""
+nested credentials, a ``match=`` predicate that fails, streams found by ``ls --grep``, samples
+and ``record_request=False`` as for decorated functions."""
 
 from __future__ import annotations
 
@@ -101,3 +102,45 @@ def test_explain_follows_the_cache_mode(tmp_path: Path) -> None:
         with memollm.cache_mode(mode):
             explanation = complete.explain("p")
             assert explanation.outcome == "miss" and mode in explanation.note
+
+
+def test_samples_through_the_openai_sdk(server: Any, tmp_path: Path) -> None:
+    import openai
+
+    def sdk(**options: Any) -> Any:
+        http = memollm.http.client(cache_dir=tmp_path, **{"samples": 2, **options})
+        return openai.OpenAI(api_key="sk-test", base_url=server.base_url, max_retries=0, timeout=5, http_client=http)
+
+    oai = sdk()
+    messages = [{"role": "user", "content": "a joke"}]
+    with memollm.observe() as calls:
+        ids = [oai.chat.completions.create(model="gpt-4o-mini", messages=messages, temperature=1).id for _ in range(5)]
+    assert server.request_count == 2  # samples 0 and 1 recorded, then replayed in turn
+    assert ids[2:] == [ids[0], ids[1], ids[0]] and ids[0] != ids[1]
+    assert [(c.outcome, c.sample) for c in calls] == [("miss", 0), ("miss", 1), ("hit", 0), ("hit", 1), ("hit", 0)]
+    with memollm.sample(1):
+        assert oai.chat.completions.create(model="gpt-4o-mini", messages=messages, temperature=1).id == ids[1]
+    streamed = [[chunk.id for chunk in oai.chat.completions.create(model="gpt-4o-mini", messages=messages, stream=True)][0] for _ in range(4)]
+    assert server.request_count == 4 and streamed[2:] == streamed[:2] and streamed[0] != streamed[1]
+    listed = json.loads(cli("ls", "--cache-dir", str(tmp_path), "--json").stdout)
+    assert sorted(e["sample"] for e in listed) == [0, 0, 1, 1]
+
+    offline = sdk(samples=3, mode="offline")  # a third sample was never recorded
+    with memollm.sample(2), pytest.raises(memollm.CacheMiss, match="2 of 3 recorded"):
+        offline.chat.completions.create(model="gpt-4o-mini", messages=messages, temperature=1)
+
+
+def test_record_request_false_leaves_the_request_out(tmp_path: Path) -> None:
+    calls: list[Any] = []
+    http = client(tmp_path, calls, record_request=False)
+    http.post("https://api.example.com/v1/gen", json={"prompt": "a very private prompt"})
+    http.post("https://api.example.com/v1/gen", json={"prompt": "a very private prompt"})
+    assert len(calls) == 1
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert b"a very private prompt" not in path.read_bytes()
+    (entry,) = json.loads(cli("ls", "--cache-dir", str(tmp_path), "--json").stdout)
+    shown = cli("show", "--cache-dir", str(tmp_path), entry["key"])
+    assert shown.returncode == 0 and "request:   (not recorded)" in shown.stdout
+    with pytest.raises(memollm.CacheMiss, match="record_request=False: requests are not recorded"):
+        client(tmp_path, calls, record_request=False, mode="offline").post("https://api.example.com/v1/gen", json={"prompt": "another"})

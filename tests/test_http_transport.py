@@ -439,6 +439,8 @@ def test_ttl_expires_entries(server: FakeLLMServer, tmp_path) -> None:
         ({"secret": 42}, TypeError, "CachingTransport(secret=...)"),
         ({"match": "POST"}, TypeError, "CachingTransport(match=...)"),
         ({"cache_if": True}, TypeError, "CachingTransport(cache_if=...)"),
+        ({"samples": 0}, ValueError, "CachingTransport(samples=0)"),
+        ({"record_request": "no"}, TypeError, "CachingTransport(record_request=...)"),
         ({"key_headers": "openai-beta"}, TypeError, "CachingTransport(key_headers=...)"),
         ({"key_headers": ["Authorization"]}, ValueError, "credential"),
         ({"library": "requests"}, ValueError, "CachingTransport(library='requests')"),
@@ -461,6 +463,17 @@ def test_bad_options_of_the_other_front_doors() -> None:
         memollm.http.intercept(mode="nope")
     with pytest.raises(ValueError, match="library"):
         memollm.http.client(library="urllib3")
+
+
+@pytest.mark.parametrize("front_door", ["client", "async_client", "intercept"])
+def test_an_unknown_keyword_is_named_with_the_option_meant(front_door: str) -> None:
+    with pytest.raises(TypeError) as caught:
+        getattr(memollm.http, front_door)(tll=60)
+    message = str(caught.value)
+    assert f"memollm.http.{front_door}()" in message and "'tll'" in message and "did you mean 'ttl'" in message
+    if front_door != "intercept":
+        with pytest.raises(TypeError, match="did you mean 'headers'.*httpx2"):
+            getattr(memollm.http, front_door)(header={"x-a": "1"})
 
 
 def test_transport_choice_and_library() -> None:

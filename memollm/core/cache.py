@@ -271,6 +271,20 @@ class Cache:
             message += "\n" + detail
         return CacheMiss(message, function=function, key=key, cache_dir=where)
 
+    def offline_miss(
+        self, store: Optional[Store], function: str, base: str, key: str, sample: Optional[int], request: Any, what: str = ""
+    ) -> CacheMiss:
+        """The offline ``CacheMiss`` of a call keyed ``base`` (``key`` its sample's entry), with
+        how many samples are recorded and how it differs from the nearest recorded entries."""
+        lines = []
+        if sample is not None:
+            recorded = self.recorded_samples(store, function, base)
+            lines.append(f"samples={self.samples}: {recorded} of {self.samples} recorded for this request, not sample {sample}.")
+        nearest = self.nearest_differences(store, function, key, request)
+        if nearest:
+            lines.append(nearest)
+        return self.miss_error(store, function, key, what=what, detail="\n".join(lines))
+
     # -- single flight --------------------------------------------------------------------
 
     def acquire(self, mode: Mode, store: Optional[Store], function: str, key: str) -> tuple[Any, Callable[[], None]]:

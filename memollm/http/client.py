@@ -6,15 +6,12 @@ Pass one as ``http_client=`` to ``OpenAI``, ``Anthropic``, LangChain's ``ChatOpe
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Optional
 
 from .library import default_name, load
-from .transport import AsyncCachingTransport, CachingTransport
+from .transport import CACHE_OPTIONS, AsyncCachingTransport, CachingTransport, check_option_names
 
-# The caching options (everything else goes to the client's constructor).
-CACHE_OPTIONS = frozenset(
-    {"ttl", "cache_dir", "store", "mode", "secret", "replay", "max_stream_size", "max_size", "match", "key_headers", "cache_if"}
-)
 # What the openai and anthropic SDKs give their own clients: LLM calls take minutes, not 5 s.
 _SDK_DEFAULTS = {"timeout": 600.0, "follow_redirects": True}
 
@@ -27,6 +24,14 @@ def _split(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     return cache, rest
 
 
+def _build(owner: str, caching: Any, class_name: str, options: dict[str, Any]) -> Any:
+    """The library's client class ``class_name`` over ``caching``; an unknown keyword raises, naming it."""
+    client_class = getattr(load(caching.library).module, class_name)
+    accepted = set(inspect.signature(client_class.__init__).parameters) - {"self", "transport"}
+    check_option_names(owner, options, accepted, f"an argument of {caching.library}.{class_name}")
+    return client_class(transport=caching, **options)
+
+
 def client(*, library: Optional[str] = None, transport: Any = None, **options: Any) -> Any:
     """An ``httpx2.Client`` (``httpx.Client`` with ``library="httpx"``) whose requests go through a
     ``CachingTransport`` over ``transport`` (default: the library's own).
@@ -36,11 +41,11 @@ def client(*, library: Optional[str] = None, transport: Any = None, **options: A
     """
     cache, rest = _split(options)
     caching = CachingTransport(transport, library=library or (None if transport is not None else default_name()), **cache)
-    return load(caching.library).module.Client(transport=caching, **rest)
+    return _build("memollm.http.client", caching, "Client", rest)
 
 
 def async_client(*, library: Optional[str] = None, transport: Any = None, **options: Any) -> Any:
     """``client()`` for async code: an ``httpx2.AsyncClient`` (or ``httpx.AsyncClient``)."""
     cache, rest = _split(options)
     caching = AsyncCachingTransport(transport, library=library or (None if transport is not None else default_name()), **cache)
-    return load(caching.library).module.AsyncClient(transport=caching, **rest)
+    return _build("memollm.http.async_client", caching, "AsyncClient", rest)

@@ -22,7 +22,7 @@ from typing import Any, Callable, Optional, TypeVar
 
 from ..stats import CacheInfo
 from .library import LIBRARIES, load
-from .transport import AsyncCachingTransport, CachingTransport, HttpCache
+from .transport import AsyncCachingTransport, CachingTransport, HttpCache, check_option_names
 
 F = TypeVar("F", bound=Callable[..., Any])
 _PATCHED = "_transport_for_url"
@@ -86,10 +86,11 @@ def intercept(**options: Any) -> Interceptor:
 
     Takes the options of ``CachingTransport`` (``ttl``, ``cache_dir``, ``store``, ``mode``,
     ``secret``, ``replay``, ``max_stream_size``, ``max_size``, ``match``, ``key_headers``,
-    ``cache_if``); bad options raise here. Leaving the block restores the clients exactly.
+    ``cache_if``, ``record_request``, ``samples``); bad options raise here. Leaving the block restores the clients exactly.
     """
     if "library" in options or "transport" in options:
         raise TypeError("intercept() patches both httpx and httpx2 clients and their own transports; it takes no library= or transport=")
+    check_option_names("memollm.http.intercept", options)
     return Interceptor(**options)
 
 

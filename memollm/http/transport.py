@@ -8,6 +8,8 @@ verification, expiry, single flight, modes and storing are the core's (``memollm
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import os
 import time
 from typing import Any, Callable, Iterable, Optional, Union
@@ -50,6 +52,8 @@ class HttpCache:
         match: Optional[Callable[[Any], Any]] = None,
         key_headers: Iterable[str] = convert.DEFAULT_KEY_HEADERS,
         cache_if: Optional[Callable[[Any], Any]] = None,
+        record_request: bool = True,
+        samples: Optional[int] = None,
     ) -> None:
         options = resolve(
             owner,
@@ -62,6 +66,8 @@ class HttpCache:
             max_stream_size=max_stream_size,
             max_size=max_size,
             cache_if=cache_if,
+            record_request=record_request,
+            samples=samples,
         )
         if match is not None and not callable(match):
             raise TypeError(
@@ -87,8 +93,8 @@ class HttpCache:
             return False
 
     def plan(self, request: Any, content_type: Optional[str], chosen: Optional[dict[str, str]]) -> Any:
-        """``(mode, store, function, key, packed request, hit or MISSING)``, or ``None`` to send
-        the request uncached (mode off). Offline, a miss raises ``CacheMiss``."""
+        """``(mode, store, function, key, packed request, hit or MISSING, sample)``, or ``None``
+        to send the request uncached (mode off). Offline, a miss raises ``CacheMiss``."""
         cache = self.cache
         mode = cache.current_mode()
         if mode is _OFF:
@@ -96,19 +102,21 @@ class HttpCache:
                 cache.bypass(convert.function_id(convert.request_parts(request, chosen)))
             return None
         function, key, packed, parts = convert.keyed(request, content_type, chosen)
+        base = key
+        sample = None
+        if cache.sampler is not None:
+            key, sample = cache.sample_key(key)
         store = cache.store(create=mode.writes)
         value = MISSING
         if store is not None and mode.reads:
             value = cache.lookup(store, function, key)
         if value is MISSING and mode is _OFFLINE:
-            cache.note_miss(store, function, key, OFFLINE_MISS)
+            cache.note_miss(store, function, key, OFFLINE_MISS, sample)
             url = request.url
             query = "&".join(f"{k}={v}" for k, v in parts["query"])  # (credential parameters left out)
             asked = f"{request.method} {url.scheme}://{url.netloc.decode('ascii')}{url.path}{'?' + query if query else ''}"
-            raise cache.miss_error(
-                store, function, key, what=asked, detail=cache.nearest_differences(store, function, key, request_tree(packed))
-            )
-        return mode, store, function, key, packed, value
+            raise cache.offline_miss(store, function, base, key, sample, request_tree(packed), what=asked)
+        return mode, store, function, key, packed, value, sample
 
     # -- a response -------------------------------------------------------------------------
 
@@ -141,7 +149,7 @@ class HttpCache:
 
     def save(self, library: Library, plan: Any, response: Any, body: bytes, duration: float) -> None:
         """Store a read response (``cache_if`` judges the response handed to the caller)."""
-        mode, store, function, key, packed, _ = plan
+        mode, store, function, key, packed, _, sample = plan
         value = {"status": response.status_code, "headers": convert.stored_headers(response.headers), "body": body}
         reported = convert.json_usage(body, response.headers.get("content-type"))
         if reported is not None:
@@ -149,21 +157,39 @@ class HttpCache:
         subject = (
             library.Response(response.status_code, headers=response.headers, content=body) if self.cache.cache_if is not None else MISSING
         )
-        self.cache.save(store, function, key, value, duration, request_tree(packed), subject=subject, usage=usage_of(reported))
+        self.cache.save(store, function, key, value, duration, request_tree(packed), sample, subject=subject, usage=usage_of(reported))
 
     def finisher(
         self, library: Library, plan: Any, release: Callable[[], None], response: Any, kept: Optional[list[bytes]]
     ) -> streams.Finish:
         """What stores a recorded event stream once it completed, and ends the flight."""
-        mode, store, function, key, packed, _ = plan
+        mode, store, function, key, packed, _, sample = plan
 
         def judged(recorder: streams.Recorder, result: Any) -> Any:
             return library.Response(response.status_code, headers=response.headers, content=b"".join(kept or []))
 
-        return self.cache.finisher(mode, store, function, key, release, request_tree(packed), subject=judged)
+        return self.cache.finisher(mode, store, function, key, release, request_tree(packed), sample, subject=judged)
 
     def info(self) -> CacheInfo:
         return self.cache.info(_is_http_entry)
+
+
+#: The caching options every front door of this package takes: ``HttpCache``'s keywords.
+CACHE_OPTIONS = frozenset(inspect.signature(HttpCache.__init__).parameters) - {"self", "owner"}
+
+
+def check_option_names(owner: str, names: Iterable[str], others: Iterable[str] = (), others_are: str = "") -> None:
+    """Raise ``TypeError`` naming the first keyword that is neither a caching option nor one of
+    ``others`` (``others_are`` says what those are, e.g. the arguments of ``httpx2.Client``)."""
+    others = frozenset(others)
+    for name in names:
+        if name not in CACHE_OPTIONS and name not in others:
+            close = difflib.get_close_matches(name, sorted(CACHE_OPTIONS | others), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise TypeError(
+                f"{owner}() got an unexpected keyword argument {name!r}{hint}: it is not a caching option "
+                f"({', '.join(sorted(CACHE_OPTIONS))}){' nor ' + others_are if others_are else ''}"
+            )
 
 
 class _Recording:
@@ -317,6 +343,8 @@ class CachingTransport(_TransportBase):
         match: Optional[Callable[[Any], Any]] = None,
         key_headers: Iterable[str] = convert.DEFAULT_KEY_HEADERS,
         cache_if: Optional[Callable[[Any], Any]] = None,
+        record_request: bool = True,
+        samples: Optional[int] = None,
     ) -> None:
         owner = type(self).__name__
         if transport is not None and not callable(getattr(transport, "handle_request", None)):
@@ -337,6 +365,8 @@ class CachingTransport(_TransportBase):
             match=match,
             key_headers=key_headers,
             cache_if=cache_if,
+            record_request=record_request,
+            samples=samples,
         )
         self._transport = transport if transport is not None else self._library.default_transport(False)
 
@@ -368,7 +398,7 @@ class CachingTransport(_TransportBase):
         http = self._http
         library = of_request(request, self._library)
         try:
-            http.cache.note_miss(plan[1], plan[2], plan[3])
+            http.cache.note_miss(plan[1], plan[2], plan[3], sample=plan[6])
             start = time.perf_counter()
             response = self._transport.handle_request(request)
             if not http.storable(plan, response):
@@ -417,6 +447,8 @@ class AsyncCachingTransport(_TransportBase):
         match: Optional[Callable[[Any], Any]] = None,
         key_headers: Iterable[str] = convert.DEFAULT_KEY_HEADERS,
         cache_if: Optional[Callable[[Any], Any]] = None,
+        record_request: bool = True,
+        samples: Optional[int] = None,
     ) -> None:
         owner = type(self).__name__
         if transport is not None and not callable(getattr(transport, "handle_async_request", None)):
@@ -437,6 +469,8 @@ class AsyncCachingTransport(_TransportBase):
             match=match,
             key_headers=key_headers,
             cache_if=cache_if,
+            record_request=record_request,
+            samples=samples,
         )
         self._transport = transport if transport is not None else self._library.default_transport(True)
 
@@ -467,7 +501,7 @@ class AsyncCachingTransport(_TransportBase):
         http = self._http
         library = of_request(request, self._library)
         try:
-            http.cache.note_miss(plan[1], plan[2], plan[3])
+            http.cache.note_miss(plan[1], plan[2], plan[3], sample=plan[6])
             start = time.perf_counter()
             response = await self._transport.handle_async_request(request)
             if not http.storable(plan, response):
