@@ -197,6 +197,35 @@ def test_entries_reviving_other_classes_are_refused(tmp_path):
         assert cache.lookup("p", "llm") is None
 
 
+def test_mode_secret_max_size_and_record_request_as_for_cache_llm(tmp_path):
+    generations = [Generation(text="an answer " * 50)]
+    offline = MemollmCache(cache_dir=tmp_path / "a", mode="offline")
+    with pytest.raises(memollm.CacheMiss):
+        offline.lookup("p", "llm")
+    readonly = MemollmCache(cache_dir=tmp_path / "a", mode="readonly")
+    readonly.update("p", "llm", generations)
+    assert readonly.lookup("p", "llm") is None
+    with memollm.cache_mode("readwrite"):  # the call site comes first
+        readonly.update("p", "llm", generations)
+        assert readonly.lookup("p", "llm") == generations
+
+    MemollmCache(cache_dir=tmp_path / "b", secret="k1").update("p", "llm", generations)
+    assert MemollmCache(cache_dir=tmp_path / "b", secret="k1").lookup("p", "llm") == generations
+    with pytest.warns(memollm.CacheWarning):
+        assert MemollmCache(cache_dir=tmp_path / "b", secret="k2").lookup("p", "llm") is None
+
+    bounded = MemollmCache(cache_dir=tmp_path / "c", max_size="200KB")
+    for i in range(300):
+        bounded.update(f"prompt {i}", "llm", generations)
+    assert 0 < config.disk_store(tmp_path / "c").count(FUNCTION_ID) < 300
+    assert sum(p.stat().st_size for p in (tmp_path / "c").rglob("*") if p.is_file()) <= 200_000 + 64 * 1024
+
+    private = MemollmCache(cache_dir=tmp_path / "d", record_request=False)
+    private.update("a very private prompt", "llm", generations)
+    assert private.lookup("a very private prompt", "llm") == generations
+    assert not any(b"a very private prompt" in p.read_bytes() for p in (tmp_path / "d").rglob("*") if p.is_file())
+
+
 def test_options_are_checked(tmp_path):
     with pytest.raises(ValueError, match="not both"):
         MemollmCache(cache_dir=tmp_path, store="memory")
@@ -204,6 +233,14 @@ def test_options_are_checked(tmp_path):
         MemollmCache(ttl=-1)
     with pytest.raises(TypeError):
         MemollmCache(cache_dir=42)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"MemollmCache\(mode=\.\.\.\)"):
+        MemollmCache(mode="sometimes")
+    with pytest.raises(ValueError, match="MemollmCache.*secret"):
+        MemollmCache(secret="")
+    with pytest.raises(ValueError, match="max_size"):
+        MemollmCache(max_size=0)
+    with pytest.raises(TypeError, match=r"MemollmCache\(record_request=\.\.\.\)"):
+        MemollmCache(record_request="no")  # type: ignore[arg-type]
 
 
 def _python(code: str) -> subprocess.CompletedProcess:

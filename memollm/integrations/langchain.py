@@ -62,7 +62,8 @@ class MemollmCache(BaseCache):
     ``cache_dir``: the disk store's directory (default: ``MEMOLLM_CACHE_DIR``, else the user cache
     dir; the pytest marker's ``cache_dir`` overrides it). ``ttl``: seconds or a ``timedelta``
     (``None``: never expire). ``store``: ``"memory"``, a ``redis://`` URL or a memollm ``Store``
-    instead of the disk store.
+    instead of the disk store. ``mode``, ``secret``, ``max_size`` and ``record_request`` mean what
+    they mean for ``cache_llm``.
     """
 
     def __init__(
@@ -70,8 +71,16 @@ class MemollmCache(BaseCache):
         cache_dir: Union[str, "os.PathLike[str]", None] = None,
         ttl: TTL = None,
         store: Union[str, Store, None] = None,
+        *,
+        mode: Union[str, Mode, None] = None,
+        secret: Union[str, bytes, None] = None,
+        max_size: Union[int, str, None] = None,
+        record_request: bool = True,
     ) -> None:
-        self.core = Cache(resolve("MemollmCache", cache_dir=cache_dir, ttl=ttl, store=store), "MemollmCache", _KEY_IDENTITY, FUNCTION_ID)
+        options = resolve(
+            "MemollmCache", cache_dir=cache_dir, ttl=ttl, store=store, mode=mode, secret=secret, max_size=max_size, record_request=record_request
+        )
+        self.core = Cache(options, "MemollmCache", _KEY_IDENTITY, FUNCTION_ID)
         self._pending: dict[str, float] = {}  # key -> when its lookup missed (the call's duration)
         self._lock = threading.Lock()
 
