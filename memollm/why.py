@@ -3,7 +3,8 @@
 The function is imported by name when it can be (``module.qualname``, from the current
 directory), so the answer is exactly ``fn.explain(**arguments)``. When it cannot be imported, the
 arguments are compared with the requests recorded in the cache dir (defaults the call would fill
-in are not known then, which the answer says).
+in are not known then, which the answer says). For the HTTP layer's functions
+(``http:POST api.openai.com/v1/chat/completions``) the arguments are the request's JSON body.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from typing import Any, Optional
 from . import keys
 from .config import cache_dir_for, disk_store, use_cache_dir
 from .core import explain as explaining
+from .core import request_tree
 from .decorator import CachedFunction
+from .stores.base import Store
 
 
 class WhyError(ValueError):
@@ -25,7 +28,12 @@ class WhyError(ValueError):
 
 def why(function: str, arguments: Any, cache_dir: Optional[str] = None) -> explaining.Explanation:
     """Explain a call of ``function`` with ``arguments`` (a dict of keyword arguments, or a list
-    of positional ones) against the cache dir ``cache_dir`` (default: the one in effect)."""
+    of positional ones; for an ``http:`` function, the JSON body) against the cache dir
+    ``cache_dir`` (default: the one in effect)."""
+    from .http import convert  # (imports no HTTP library)
+
+    if convert.is_http_function(function):
+        return _http_request(function, arguments, cache_dir)
     args, kwargs = _split(arguments)
     cached = _import(function)
     if cached is not None:
@@ -64,7 +72,8 @@ def _import(function: str) -> Optional[CachedFunction]:
     return None
 
 
-def _from_recorded(function: str, args: list[Any], kwargs: dict[str, Any], cache_dir: Optional[str]) -> explaining.Explanation:
+def _recorded_function(function: str, cache_dir: Optional[str]) -> tuple[Store, str]:
+    """The store of the cache dir and the full name of the recorded function ``function`` names."""
     where = cache_dir_for(cache_dir)
     if not os.path.isdir(where):
         raise WhyError(f"no cache dir at {where}")
@@ -75,7 +84,28 @@ def _from_recorded(function: str, args: list[Any], kwargs: dict[str, Any], cache
         raise WhyError(f"no recorded entries of a function named {function!r} in {where}; known: {', '.join(names) or 'none'}")
     if len(matches) > 1:
         raise WhyError(f"{function!r} names several functions in {where}: {', '.join(matches)}; give the full module.qualname")
-    name = matches[0]
+    return store, matches[0]
+
+
+def _http_request(function: str, body: Any, cache_dir: Optional[str]) -> explaining.Explanation:
+    """A request of the HTTP layer with ``body`` as its JSON body, sent as the most recent recorded
+    request of ``function`` was (its method, URL and key headers)."""
+    from .http import convert
+
+    store, name = _recorded_function(function, cache_dir)
+    latest = next((m for m in explaining._recent_entries(store, name) if isinstance(m.request, dict) and "body" in m.request), None)
+    if latest is None:
+        raise WhyError(f"the entries of {name} hold no recorded request (record_request=False, or written before requests were recorded): nothing to compare with")
+    parts = {k: v for k, v in latest.request.items() if k != "body"}
+    _, key, packed = convert.key_of(parts, convert.without_credentials(keys.normalize(body, "--args-json")))
+    outcome = explaining.outcome_of(store, name, key, None, None)
+    found = explaining.explain(store, name, key, outcome, latest.identity or [], request_tree(packed))
+    note = f"{name}: --args-json is the request's JSON body, sent with the method, URL and key headers of the most recent recorded request ({latest.key})"
+    return explaining.Explanation(found.function, found.key, found.outcome, found.nearest, found.comparable, note, found.request)
+
+
+def _from_recorded(function: str, args: list[Any], kwargs: dict[str, Any], cache_dir: Optional[str]) -> explaining.Explanation:
+    store, name = _recorded_function(function, cache_dir)
     if args:
         raise WhyError(f"{name} cannot be imported here, so positional arguments cannot be matched to parameters: pass --args-json as a JSON object")
     recent = list(explaining._recent_entries(store, name))

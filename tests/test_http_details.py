@@ -144,3 +144,24 @@ def test_record_request_false_leaves_the_request_out(tmp_path: Path) -> None:
     assert shown.returncode == 0 and "request:   (not recorded)" in shown.stdout
     with pytest.raises(memollm.CacheMiss, match="record_request=False: requests are not recorded"):
         client(tmp_path, calls, record_request=False, mode="offline").post("https://api.example.com/v1/gen", json={"prompt": "another"})
+
+
+def test_why_takes_the_json_body_of_an_http_function(tmp_path: Path) -> None:
+    calls: list[Any] = []
+    client(tmp_path, calls).post("https://api.example.com/v1/gen?alt=json", json={"prompt": "hello", "temperature": 0, "api_key": "sk-A"})
+    function = "http:POST api.example.com/v1/gen"
+
+    def why(body: Any, *extra: str) -> subprocess.CompletedProcess:
+        return cli("why", "--cache-dir", str(tmp_path), "--function", function, "--args-json", json.dumps(body), *extra)
+
+    missed = why({"prompt": "hello", "temperature": 0.5})
+    assert missed.returncode == 0, missed.stderr
+    assert f"{function}: miss" in missed.stdout and "body.temperature: 0 -> 0.5" in missed.stdout
+    assert "could not be imported" not in missed.stdout
+    hit = json.loads(why({"temperature": 0, "prompt": "hello", "api_key": "sk-B"}, "--json").stdout)  # the credential is not keyed
+    assert hit["outcome"] == "hit" and hit["key"] == json.loads(cli("ls", "--cache-dir", str(tmp_path), "--json").stdout)[0]["key"]
+
+    private = tmp_path / "private"
+    client(private, calls, record_request=False).post("https://api.example.com/v1/gen", json={"prompt": "p"})
+    refused = cli("why", "--cache-dir", str(private), "--function", function, "--args-json", '{"prompt": "p"}')
+    assert refused.returncode != 0 and "no recorded request" in refused.stderr

@@ -23,6 +23,8 @@ UNSTORED_HEADERS = CREDENTIAL_HEADERS | {"set-cookie", "set-cookie2"}
 """Response headers left out of stored entries."""
 DEFAULT_KEY_HEADERS = ("anthropic-version", "anthropic-beta", "openai-beta")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+FUNCTION_PREFIX = "http:"
+"""What the "function" of every HTTP entry starts with (``http:POST host/path``)."""
 
 
 def is_json(content_type: Optional[str]) -> bool:
@@ -71,7 +73,12 @@ def function_id(parts: dict[str, Any]) -> str:
     host, port = parts["host"], parts["port"]
     if port != _DEFAULT_PORTS.get(parts["scheme"]):
         host = f"{host}:{port}"
-    return f"http:{parts['method']} {host}{parts['path']}"
+    return f"{FUNCTION_PREFIX}{parts['method']} {host}{parts['path']}"
+
+
+def is_http_function(function: str) -> bool:
+    """Whether ``function`` names entries of the HTTP layer."""
+    return function.startswith(FUNCTION_PREFIX)
 
 
 def body_tree(content: bytes, content_type: Optional[str]) -> Any:
@@ -84,12 +91,18 @@ def body_tree(content: bytes, content_type: Optional[str]) -> Any:
             data = json.loads(content)
         except ValueError:
             return content
-        if type(data) is dict:
-            for name in [n for n in data if keys.is_secret_name(n)]:
-                del data[name]
-            _drop_nested_credentials(data)
-        return data
+        return without_credentials(data)
     return content
+
+
+def without_credentials(data: Any) -> Any:
+    """A parsed JSON body as keyed: secret-named fields dropped (at the top level all, deeper
+    those holding a string). Changes ``data`` in place."""
+    if type(data) is dict:
+        for name in [n for n in data if keys.is_secret_name(n)]:
+            del data[name]
+        _drop_nested_credentials(data)
+    return data
 
 
 def _drop_nested_credentials(tree: Any) -> None:
@@ -123,8 +136,8 @@ def keyed(request: Any, content_type: Optional[str], chosen: Optional[dict[str, 
     if found is not None:
         return found
     parts = request_parts(request, chosen)
-    packed = pack_request(parts, keys.pack_normalized(body_tree(content, content_type), "the request body"))
-    found = (function_id(parts), xxhash.xxh3_128_hexdigest(_KEY_PREFIX + packed), packed, parts)
+    function, key, packed = key_of(parts, body_tree(content, content_type))
+    found = (function, key, packed, parts)
     size = len(content) + len(packed)  # the body in the memo's key, its packed form in the value
     if len(content) <= MEMO_ITEM_MAX:
         if _memo_bytes[0] + size > MEMO_BYTES_MAX:
@@ -133,6 +146,13 @@ def keyed(request: Any, content_type: Optional[str], chosen: Optional[dict[str, 
         _memo[memo_key] = found
         _memo_bytes[0] += size
     return found
+
+
+def key_of(parts: dict[str, Any], body: Any) -> tuple[str, str, bytes]:
+    """``(function, key, packed request)`` of a request given its parts (``request_parts``) and
+    its body as keyed (``body_tree``)."""
+    packed = pack_request(parts, keys.pack_normalized(body, "the request body"))
+    return function_id(parts), xxhash.xxh3_128_hexdigest(_KEY_PREFIX + packed), packed
 
 
 def examine(request: Any, key_headers: frozenset[bytes]) -> tuple[Optional[str], Optional[dict[str, str]]]:

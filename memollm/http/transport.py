@@ -30,10 +30,6 @@ from .sse import EventWatcher
 _OFF, _OFFLINE = Mode.OFF, Mode.OFFLINE
 
 
-def _is_http_entry(function: str) -> bool:
-    return function.startswith("http:")
-
-
 class HttpCache:
     """The options and the steps shared by the sync and async transports (and ``intercept``)."""
 
@@ -171,7 +167,7 @@ class HttpCache:
         return self.cache.finisher(mode, store, function, key, release, request_tree(packed), sample, subject=judged)
 
     def info(self) -> CacheInfo:
-        return self.cache.info(_is_http_entry)
+        return self.cache.info(convert.is_http_function)
 
 
 #: The caching options every front door of this package takes: ``HttpCache``'s keywords.
