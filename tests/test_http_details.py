@@ -11,11 +11,12 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import httpx2
 import pytest
 
 import memollm
 import memollm.http
+
+httpx2 = pytest.importorskip("httpx2", reason="httpx2 is not installed (the extras add it on Python 3.11 or newer)")
 
 
 def client(tmp_path: Path, calls: list[Any], **options: Any) -> httpx2.Client:

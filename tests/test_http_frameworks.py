@@ -7,6 +7,7 @@ Each runs twice against the loopback fake provider: one provider request, the sa
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -185,6 +186,7 @@ def test_langchain_chat_openai_invoke_and_stream(server: FakeLLMServer, tmp_path
 # -- Agno ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.skipif(sys.version_info < (3, 10), reason="agno does not import on Python 3.9 (an asyncio.Lock made at import)")
 def test_agno_agent_runs_twice_with_one_request(server: FakeLLMServer, tmp_path) -> None:
     from agno.agent import Agent
     from agno.models.openai import OpenAIChat

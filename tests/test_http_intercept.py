@@ -11,12 +11,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
-import httpx2
 import openai
 import pytest
 from llm_server import FakeLLMServer
 
 import memollm.http
+
+httpx2 = pytest.importorskip("httpx2", reason="httpx2 is not installed (the extras add it on Python 3.11 or newer)")
 
 pytestmark = pytest.mark.timeout(60)
 pytest_plugins = ["pytester"]

@@ -7,6 +7,7 @@ the same chunks).
 
 from __future__ import annotations
 
+import importlib.util
 import time
 from collections.abc import Iterator
 
@@ -19,7 +20,10 @@ import memollm.http
 pytestmark = pytest.mark.timeout(60)
 
 API_KEY = "sk-test-openai-0123456789"
-LIBRARIES = ["httpx2", "httpx"]
+LIBRARIES = [
+    pytest.param("httpx2", marks=pytest.mark.skipif(importlib.util.find_spec("httpx2") is None, reason="httpx2 is not installed (the extras add it on Python 3.11 or newer)")),
+    "httpx",
+]
 
 
 def ask(prompt: str) -> list[dict[str, str]]:

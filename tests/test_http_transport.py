@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
-import httpx2
 import openai
 import pytest
 from llm_server import FakeLLMServer
@@ -26,6 +25,8 @@ import memollm
 import memollm.http
 from memollm import CacheMiss, cache_mode
 from memollm.http.sse import EventWatcher
+
+httpx2 = pytest.importorskip("httpx2", reason="httpx2 is not installed (the extras add it on Python 3.11 or newer)")
 
 pytestmark = pytest.mark.timeout(60)
 
