@@ -99,9 +99,7 @@ class HttpCache:
             return None
         function, key, packed, parts = convert.keyed(request, content_type, chosen)
         base = key
-        sample = None
-        if cache.sampler is not None:
-            key, sample = cache.sample_key(key)
+        key, sample = cache.sample_key(base)
         store = cache.store(create=mode.writes)
         value = MISSING
         if store is not None and mode.reads:

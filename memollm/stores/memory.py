@@ -59,31 +59,32 @@ class MemoryStore(Store):
             self.delete(meta.function, meta.key)
             return
         with self._lock:
-            previous = self._entries.pop(meta.key, None)
-            if previous is not None:
-                self._bytes -= len(previous[1])
+            self._pop(meta.key)
             if len(self._entries) >= self._sweep_at:
                 self._drop_expired(time.time())
                 self._sweep_at = max(SWEEP_MIN, 2 * len(self._entries))
             if self.max_size is not None:
                 while self._entries and self._bytes + meta.size > self.max_size:
-                    oldest = next(iter(self._entries))
-                    self._bytes -= len(self._entries.pop(oldest)[1])
+                    self._pop(next(iter(self._entries)))
             self._entries[meta.key] = (meta, data)
             self._bytes += meta.size
 
     def delete(self, function: str, key: str) -> bool:
         with self._lock:
-            item = self._entries.pop(key, None)
-            if item is not None:
-                self._bytes -= len(item[1])
-            return item is not None
+            return self._pop(key) is not None
+
+    def _pop(self, key: str) -> Optional[tuple[EntryMeta, bytes]]:
+        """Remove an entry and its bytes from the total (the lock is held)."""
+        item = self._entries.pop(key, None)
+        if item is not None:
+            self._bytes -= len(item[1])
+        return item
 
     def clear(self, function: Optional[str] = None) -> int:
         with self._lock:
             doomed = [k for k, (m, _) in self._entries.items() if function is None or m.function == function]
             for k in doomed:
-                self._bytes -= len(self._entries.pop(k)[1])
+                self._pop(k)
         return len(doomed)
 
     def entries(self, function: Optional[str] = None) -> Iterator[EntryMeta]:
@@ -100,8 +101,7 @@ class MemoryStore(Store):
         report = PruneReport()
         for k, (m, data) in list(self._entries.items()):
             if m.expired(now):
-                del self._entries[k]
-                self._bytes -= len(data)
+                self._pop(k)
                 report.removed(len(data), expired=True)
         return report
 
