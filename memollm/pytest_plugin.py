@@ -12,7 +12,7 @@
   (``memollm.http.intercept()``), in the mode and cache dir in effect: code the test does not own
   (frameworks, SDK helpers) is recorded once and replayed offline.
 * ``--memollm-report-unused``: at the end of the session, the entries of the cache dirs in use
-  that no test read.
+  that no test read (under pytest-xdist, what every worker read).
 """
 
 from __future__ import annotations
@@ -57,6 +57,8 @@ class _SessionState:
         self.reads: set[tuple[str, str, str]] = set()  # (cache dir, function, key) served from disk
         self.stores: dict[str, Any] = {}  # cache dir -> store that served or missed in this session
         self.marker_dirs: set[str] = set()
+        self.worker_dirs: set[str] = set()  # cache dirs pytest-xdist workers used (on the controller)
+        self.workers_lost: list[str] = []  # workers that went down without sending what they read
         self.stores_before: set[int] = set()
         self.observers: list[tuple[list[Any], Any]] = []
 
@@ -336,7 +338,7 @@ def _stores_in_use(state: _SessionState) -> dict[str, Any]:
         if id(store) not in state.stores_before:
             state.note_store(store)
     stores = dict(state.stores)
-    for path in state.marker_dirs:
+    for path in state.marker_dirs | state.worker_dirs:
         if path not in stores and os.path.isdir(os.path.join(path, "joblib")):
             stores[path] = memollm_config.disk_store(path)
     return stores
@@ -368,13 +370,42 @@ def unused_entries(state: _SessionState) -> list[tuple[Any, int, list[EntryMeta]
     return report
 
 
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """In a pytest-xdist worker: hand what this worker read, and where, to the controller."""
+    workeroutput = getattr(session.config, "workeroutput", None)
+    state = session.config.stash.get(_STATE, None)
+    if workeroutput is None or state is None or not state.report_unused:
+        return
+    workeroutput["memollm_reads"] = [list(read) for read in sorted(state.reads)]
+    workeroutput["memollm_dirs"] = sorted(_stores_in_use(state))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    """On the pytest-xdist controller: gather a finished worker's reads and cache dirs."""
+    state = node.config.stash.get(_STATE, None)
+    if state is None or not state.report_unused:
+        return
+    output = getattr(node, "workeroutput", None)
+    if error is not None or not output or "memollm_reads" not in output:
+        state.workers_lost.append(str(getattr(node.gateway, "id", node)))
+        return
+    state.reads.update((location, function, key) for location, function, key in output["memollm_reads"])
+    state.worker_dirs.update(output["memollm_dirs"])
+
+
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     state = config.stash.get(_STATE, None)
-    if state is None or not state.report_unused:
+    if state is None or not state.report_unused or hasattr(config, "workeroutput"):
         return
     write = terminalreporter.write_line
     terminalreporter.write_sep("=", "memollm: unused cache entries")
     report = unused_entries(state)
+    if state.workers_lost:
+        write(
+            f"pytest-xdist worker(s) {', '.join(state.workers_lost)} went down before reporting what they read: "
+            "entries only they read are listed as unused"
+        )
     if not report:
         write("no memollm cache dir was used in this session")
         return

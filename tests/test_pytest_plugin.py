@@ -329,6 +329,55 @@ def test_nothing_read():
     result.stdout.fnmatch_lines([f"{pytester.path / 'marked'}: 1 of 1 entries were not read by any test", "  test_marker_dir.ask  *"])
 
 
+def test_report_unused_gathers_what_every_xdist_worker_read(pytester, cache_dir):
+    """Under ``pytest -n 2`` the reads happen in two worker processes; the controller reports."""
+    pytest.importorskip("xdist")
+    pytester.makepyfile(
+        test_workers=ASK
+        + """
+PROMPTS = [f"p{i}" for i in range(8)]
+
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_ask(prompt):
+    assert ask(prompt) == "answer to " + prompt
+
+def test_keys():
+    (HERE / "keys.json").write_text(json.dumps({p: ask.cache_key(p) for p in [*PROMPTS, "marked"]}))
+
+@pytest.mark.memollm(cache_dir="marked")
+def test_marked():
+    if os.environ.get("RECORD_MARKED"):
+        ask("marked")
+
+def test_crash():
+    if os.environ.get("CRASH"):
+        ask("p0")
+        os._exit(3)
+"""
+    )
+    os.environ["RECORD_MARKED"] = "1"
+    try:
+        pytester.runpytest(*PLUGIN).assert_outcomes(passed=11)
+    finally:
+        del os.environ["RECORD_MARKED"]
+    keys = json.loads((pytester.path / "keys.json").read_text())
+    xdist = ("-p", "xdist", "-n", "2", "--memollm-mode=offline", "--memollm-report-unused")
+
+    result = pytester.runpytest(*PLUGIN, *xdist, "-k", "ask and not p7 or marked")
+    result.assert_outcomes(passed=8)
+    out = result.stdout.str()
+    assert sorted(re.findall(r"^  test_workers\.ask  ([0-9a-f]{32}) ", out, re.MULTILINE)) == sorted([keys["p7"], keys["marked"]])
+    result.stdout.fnmatch_lines([f"{cache_dir}: 1 of 8 entries were not read by any test", f"{pytester.path / 'marked'}: 1 of 1 *"])
+    assert "went down" not in out
+
+    os.environ["CRASH"] = "1"  # a worker that dies cannot tell what it read: the report says so
+    try:
+        result = pytester.runpytest(*PLUGIN, *xdist, "-k", "crash")
+    finally:
+        del os.environ["CRASH"]
+    result.stdout.fnmatch_lines(["*pytest-xdist worker(s) gw* went down before reporting what they read*"])
+
+
 def test_committed_cache_dir_replays_from_a_copy(pytester, cache_dir, tmp_path, monkeypatch):
     """The recipe: record, commit (copy) the cache dir, replay offline from the copy."""
     pytester.makepyfile(
