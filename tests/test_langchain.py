@@ -226,6 +226,33 @@ def test_mode_secret_max_size_and_record_request_as_for_cache_llm(tmp_path):
     assert not any(b"a very private prompt" in p.read_bytes() for p in (tmp_path / "d").rglob("*") if p.is_file())
 
 
+def test_samples_cache_if_and_offline_differences_as_for_cache_llm(tmp_path):
+    set_llm_cache(MemollmCache(cache_dir=tmp_path, samples=3))
+    try:
+        model = FakeListChatModel(responses=["s0", "s1", "s2", "s3"])
+        assert [model.invoke("q").content for _ in range(6)] == ["s0", "s1", "s2"] * 2
+        assert model.i == 3  # three samples recorded, then replayed in turn
+        with memollm.sample(1):
+            assert model.invoke("q").content == "s1"
+        assert sorted(m.sample for m in config.disk_store(tmp_path).entries(FUNCTION_ID)) == [0, 1, 2]
+
+        set_llm_cache(MemollmCache(cache_dir=tmp_path, samples=4, mode="offline"))
+        replay = FakeListChatModel(responses=["s0", "s1", "s2", "s3"])
+        assert [replay.invoke("q").content for _ in range(3)] == ["s0", "s1", "s2"]
+        with pytest.raises(memollm.CacheMiss, match="3 of 4 recorded"):
+            replay.invoke("q")
+        with pytest.raises(memollm.CacheMiss) as info:  # what differs from the nearest entry
+            FakeListChatModel(responses=["other"]).invoke("q")
+        assert "differs in:" in str(info.value) and "llm_string:" in str(info.value)
+
+        set_llm_cache(MemollmCache(cache_dir=tmp_path / "judged", cache_if=lambda generations: generations[0].text != ""))
+        judged = FakeListChatModel(responses=["", "an answer"])
+        assert [judged.invoke("p").content for _ in range(3)] == ["", "an answer", "an answer"]
+        assert judged.i == 0  # the empty answer was not stored: the second call reached the model
+    finally:
+        set_llm_cache(None)
+
+
 def test_options_are_checked(tmp_path):
     with pytest.raises(ValueError, match="not both"):
         MemollmCache(cache_dir=tmp_path, store="memory")
@@ -241,6 +268,10 @@ def test_options_are_checked(tmp_path):
         MemollmCache(max_size=0)
     with pytest.raises(TypeError, match=r"MemollmCache\(record_request=\.\.\.\)"):
         MemollmCache(record_request="no")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"MemollmCache\(samples=0\)"):
+        MemollmCache(samples=0)
+    with pytest.raises(TypeError, match=r"MemollmCache\(cache_if=\.\.\.\)"):
+        MemollmCache(cache_if=3)  # type: ignore[arg-type]
 
 
 def _python(code: str) -> subprocess.CompletedProcess:

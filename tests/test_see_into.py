@@ -113,6 +113,19 @@ def test_explain_hit_miss_expired_and_differences(tmp_path: Path) -> None:
     assert complete.explain(MESSAGES).outcome == "expired"
 
 
+def test_a_long_edited_prompt_shows_where_it_changed(tmp_path: Path) -> None:
+    @cache_llm(cache_dir=tmp_path)
+    def complete(prompt: str) -> str:
+        return "ok"
+
+    template = "You are a helpful assistant for travellers. Question: what is the capital of {}? Answer in one word."
+    complete(template.format("France"))
+    line = str(complete.explain(template.format("Spain")).nearest[0].differences[0])
+    assert line.startswith("prompt: ...")  # both values shown from just before the change
+    assert "capital of France? Answer" in line and "capital of Spain? Answer" in line
+    assert all(len(side) <= 60 for side in line[len("prompt: ") :].split(" -> "))
+
+
 def test_explain_says_the_source_or_version_changed(tmp_path: Path) -> None:
     def run(version: int, prefix: str, action: str) -> list[str]:
         (tmp_path / "helpers_v.py").write_text(

@@ -7,6 +7,7 @@ store, bounded by ``SCAN_MAX``.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ SCAN_MAX = 2000  # the most recent entries of a function compared with a call
 NEAREST = 3
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _ABSENT = "<absent>"
+_CONTEXT = 20  # characters shown before the first difference of two long values
 
 
 @dataclass(frozen=True)
@@ -31,7 +33,8 @@ class Difference:
     current: Any
 
     def __str__(self) -> str:
-        return f"{self.path}: {_short(self.recorded)} -> {_short(self.current)}"
+        recorded, current = _shown_pair(self.recorded, self.current)
+        return f"{self.path}: {recorded} -> {current}"
 
 
 @dataclass(frozen=True)
@@ -223,6 +226,19 @@ def _join(path: str, name: Any) -> str:
     return f"{path}[{name!r}]"
 
 
-def _short(value: Any, limit: int = 60) -> str:
-    text = repr(value) if value != _ABSENT else _ABSENT
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+def _shown_pair(recorded: Any, current: Any, limit: int = 60) -> tuple[str, str]:
+    """Both values as shown in a difference, at most ``limit`` characters each. Long values that
+    begin alike (an edited prompt) are shown from a little before where they first differ, so
+    the change itself is in view: ``'...capital of France?' -> '...capital of Spain?'``."""
+    texts = [repr(v) if v != _ABSENT else _ABSENT for v in (recorded, current)]
+    start = 0
+    if max(map(len, texts)) > limit:
+        alike = len(os.path.commonprefix(texts))
+        if alike > _CONTEXT:
+            start = alike - _CONTEXT
+    shown = []
+    for text in texts:
+        if start:
+            text = "..." + text[start:]
+        shown.append(text if len(text) <= limit else text[: limit - 3] + "...")
+    return shown[0], shown[1]

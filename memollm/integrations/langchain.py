@@ -17,7 +17,7 @@ import threading
 import time
 import warnings
 from collections.abc import Sequence
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 try:
     from langchain_core import messages as _lc_messages
@@ -44,6 +44,7 @@ __all__ = ["FUNCTION_ID", "MemollmCache"]
 FUNCTION_ID = "memollm.integrations.langchain.MemollmCache"
 _KEY_IDENTITY = [FUNCTION_ID, 1]
 _MAX_PENDING = 10_000
+_MAX_WAITING = 64  # lookups of one request awaiting their update (a model call that failed never updates)
 
 #: Classes ``load`` may revive from an entry: generations and chat messages, nothing else.
 ALLOWED_CLASSES: tuple[type, ...] = (
@@ -62,8 +63,8 @@ class MemollmCache(BaseCache):
     ``cache_dir``: the disk store's directory (default: ``MEMOLLM_CACHE_DIR``, else the user cache
     dir; the pytest marker's ``cache_dir`` overrides it). ``ttl``: seconds or a ``timedelta``
     (``None``: never expire). ``store``: ``"memory"``, a ``redis://`` URL or a memollm ``Store``
-    instead of the disk store. ``mode``, ``secret``, ``max_size`` and ``record_request`` mean what
-    they mean for ``cache_llm``.
+    instead of the disk store. ``mode``, ``secret``, ``max_size``, ``record_request``, ``samples``
+    and ``cache_if`` (which receives the list of generations) mean what they mean for ``cache_llm``.
     """
 
     def __init__(
@@ -76,12 +77,24 @@ class MemollmCache(BaseCache):
         secret: Union[str, bytes, None] = None,
         max_size: Union[int, str, None] = None,
         record_request: bool = True,
+        samples: Optional[int] = None,
+        cache_if: Optional[Callable[[Any], Any]] = None,
     ) -> None:
         options = resolve(
-            "MemollmCache", cache_dir=cache_dir, ttl=ttl, store=store, mode=mode, secret=secret, max_size=max_size, record_request=record_request
+            "MemollmCache",
+            cache_dir=cache_dir,
+            ttl=ttl,
+            store=store,
+            mode=mode,
+            secret=secret,
+            max_size=max_size,
+            record_request=record_request,
+            samples=samples,
+            cache_if=cache_if,
         )
         self.core = Cache(options, "MemollmCache", _KEY_IDENTITY, FUNCTION_ID)
-        self._pending: dict[str, float] = {}  # key -> when its lookup missed (the call's duration)
+        # request key -> (entry key, sample, when its lookup missed) of each lookup awaiting its update
+        self._pending: dict[str, list[tuple[str, Optional[int], float]]] = {}
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -106,7 +119,8 @@ class MemollmCache(BaseCache):
         if mode is Mode.OFF:
             core.bypass(FUNCTION_ID)
             return None
-        key = self.key(prompt, llm_string)
+        base = self.key(prompt, llm_string)
+        key, sample = core.sample_key(base)
         store = core.store(create=mode.writes)
         value = core.lookup(store, FUNCTION_ID, key) if store is not None and mode.reads else MISSING
         if value is not MISSING:
@@ -115,14 +129,17 @@ class MemollmCache(BaseCache):
             except (ValueError, TypeError, KeyError) as exc:
                 where = store.location if store is not None else "?"
                 warn_once(where, "corrupt", f"memollm: unreadable LangChain cache entry {key} in {where} ({exc}); calling the model")
-        core.note_miss(store, FUNCTION_ID, key, observers.OFFLINE_MISS if mode is Mode.OFFLINE else observers.MISS)
+        core.note_miss(store, FUNCTION_ID, key, observers.OFFLINE_MISS if mode is Mode.OFFLINE else observers.MISS, sample)
         if mode is Mode.OFFLINE:
             shown = prompt if len(prompt) <= 80 else prompt[:77] + "..."
-            raise core.miss_error(store, FUNCTION_ID, key, what=f"prompt {shown!r}")
+            raise core.offline_miss(store, FUNCTION_ID, base, key, sample, _request(prompt, llm_string), what=f"prompt {shown!r}")
         with self._lock:
             if len(self._pending) >= _MAX_PENDING:
                 self._pending.clear()
-            self._pending[key] = time.perf_counter()
+            waiting = self._pending.setdefault(base, [])
+            if len(waiting) >= _MAX_WAITING:
+                del waiting[0]
+            waiting.append((key, sample, time.perf_counter()))
         return None
 
     def update(self, prompt: str, llm_string: str, return_val: Sequence[Generation]) -> None:
@@ -130,15 +147,21 @@ class MemollmCache(BaseCache):
         core = self.core
         if not core.current_mode().writes:
             return
-        key = self.key(prompt, llm_string)
+        base = self.key(prompt, llm_string)
+        key, sample, started = base, (None if core.sampler is None else 0), None
         with self._lock:
-            started = self._pending.pop(key, None)
+            waiting = self._pending.get(base)
+            if waiting:  # the latest lookup of this request that missed: its sample is the one answered
+                key, sample, started = waiting.pop()
+                if not waiting:
+                    del self._pending[base]
         store = core.store()
         if store is None:
             return
         duration = 0.0 if started is None else time.perf_counter() - started
+        generations = list(return_val)
         request = _request(prompt, llm_string)
-        core.save(store, FUNCTION_ID, key, dumpd(list(return_val)), duration, request, tokens=_tokens(return_val))
+        core.save(store, FUNCTION_ID, key, dumpd(generations), duration, request, sample, subject=generations, tokens=_tokens(return_val))
 
     def clear(self, **kwargs: Any) -> None:
         """Remove this adapter's entries (and only those) from the store in use."""
