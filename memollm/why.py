@@ -35,13 +35,17 @@ def why(function: str, arguments: Any, cache_dir: Optional[str] = None) -> expla
     if convert.is_http_function(function):
         return _http_request(function, arguments, cache_dir)
     args, kwargs = _split(arguments)
-    cached = _import(function)
-    if cached is not None:
+    found = _import(function)
+    if found is None:  # a short name (``complete``, ``MemollmCache``): the recorded function's full name
+        full = _full_name(function, cache_dir)
+        if full is not None and full != function:
+            found = _import(full)
+    if isinstance(found, CachedFunction):
         if cache_dir is None:
-            return cached.explain(*args, **kwargs)
+            return found.explain(*args, **kwargs)
         with use_cache_dir(cache_dir):
-            return cached.explain(*args, **kwargs)
-    return _from_recorded(function, args, kwargs, cache_dir)
+            return found.explain(*args, **kwargs)
+    return _from_recorded(function, args, kwargs, cache_dir, imported=found is not None)
 
 
 def _split(arguments: Any) -> tuple[list[Any], dict[str, Any]]:
@@ -52,8 +56,8 @@ def _split(arguments: Any) -> tuple[list[Any], dict[str, Any]]:
     raise WhyError("--args-json must be a JSON object of keyword arguments or a JSON array of positional arguments")
 
 
-def _import(function: str) -> Optional[CachedFunction]:
-    """The cached function named ``module.qualname``, if it can be imported from here."""
+def _import(function: str) -> Any:
+    """What ``module.qualname`` names, if it can be imported from here (``None`` if not)."""
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())
     parts = function.split(".")
@@ -68,8 +72,16 @@ def _import(function: str) -> Optional[CachedFunction]:
                 target = getattr(target, name)
         except AttributeError:
             return None
-        return target if isinstance(target, CachedFunction) else None
+        return target
     return None
+
+
+def _full_name(function: str, cache_dir: Optional[str]) -> Optional[str]:
+    """The full name of the recorded function ``function`` names, if there is exactly one."""
+    try:
+        return _recorded_function(function, cache_dir)[1]
+    except WhyError:
+        return None
 
 
 def _recorded_function(function: str, cache_dir: Optional[str]) -> tuple[Store, str]:
@@ -104,17 +116,21 @@ def _http_request(function: str, body: Any, cache_dir: Optional[str]) -> explain
     return explaining.Explanation(found.function, found.key, found.outcome, found.nearest, found.comparable, note, found.request)
 
 
-def _from_recorded(function: str, args: list[Any], kwargs: dict[str, Any], cache_dir: Optional[str]) -> explaining.Explanation:
+def _from_recorded(function: str, args: list[Any], kwargs: dict[str, Any], cache_dir: Optional[str], imported: bool = False) -> explaining.Explanation:
     store, name = _recorded_function(function, cache_dir)
     if args:
-        raise WhyError(f"{name} cannot be imported here, so positional arguments cannot be matched to parameters: pass --args-json as a JSON object")
+        what = "is not a decorated function" if imported else "cannot be imported here"
+        raise WhyError(f"{name} {what}, so positional arguments cannot be matched to parameters: pass --args-json as a JSON object")
     recent = list(explaining._recent_entries(store, name))
     identity = next((m.identity for m in recent if m.identity), None)
     request = keys.normalize(dict(sorted(kwargs.items())), "--args-json")
     key = keys.make_key(identity[1:], request) if identity else "?"
     outcome = explaining.outcome_of(store, name, key, None, None) if identity else "miss"
     found = explaining.explain(store, name, key, outcome, identity or [], request)
-    note = f"{name} could not be imported here: compared with the recorded requests only (defaults the function would fill in are not known)"
+    if imported:  # e.g. the LangChain adapter, whose requests are exactly its arguments
+        note = f"{name} is not a decorated function: --args-json is compared with the recorded requests as given"
+    else:
+        note = f"{name} could not be imported here: compared with the recorded requests only (defaults the function would fill in are not known)"
     return explaining.Explanation(found.function, found.key, found.outcome, found.nearest, found.comparable, note, found.request)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -251,6 +252,26 @@ def test_samples_cache_if_and_offline_differences_as_for_cache_llm(tmp_path):
         assert judged.i == 0  # the empty answer was not stored: the second call reached the model
     finally:
         set_llm_cache(None)
+
+
+def test_why_compares_a_prompt_with_the_adapters_entries(tmp_path):
+    MemollmCache(cache_dir=tmp_path).update("hello prompt", "llm-a", [Generation(text="x")])
+
+    def why(llm_string: str) -> dict:
+        args = json.dumps({"prompt": "hello prompt", "llm_string": llm_string})
+        done = subprocess.run(
+            [sys.executable, "-m", "memollm", "why", "--json", "--cache-dir", str(tmp_path), "--function", FUNCTION_ID, "--args-json", args],
+            capture_output=True, text=True, timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    hit = why("llm-a")
+    assert hit["outcome"] == "hit" and hit["key"] == MemollmCache().key("hello prompt", "llm-a")
+    assert "is not a decorated function" in hit["note"] and "could not be imported" not in hit["note"]
+    missed = why("llm-b")
+    assert missed["outcome"] == "miss"
+    assert missed["nearest"][0]["differences"] == [{"path": "llm_string", "recorded": "llm-a", "current": "llm-b"}]
 
 
 def test_options_are_checked(tmp_path):

@@ -215,6 +215,9 @@ def test_why_command_prints_the_explanation(tmp_path: Path) -> None:
     data = json.loads(miss.stdout)
     assert data["outcome"] == "miss"
     assert data["nearest"][0]["differences"] == [{"path": "temperature", "recorded": 0.0, "current": 0.5}]
+    short = [*cli[:-1], "complete", "--args-json", json.dumps({"prompt": "hello"}), "--json"]  # the name as ls shows it, shortened
+    by_short_name = json.loads(subprocess.run(short, capture_output=True, text=True, env=env, cwd=package, timeout=60, check=True).stdout)
+    assert by_short_name["outcome"] == "hit" and by_short_name["note"] == ""  # imported: the defaults are known
     bad = subprocess.run([*cli, "--args-json", "{not json"], capture_output=True, text=True, env=env, cwd=package, timeout=60)
     assert bad.returncode == 2 and "--args-json" in bad.stderr
     # Where the function cannot be imported, the arguments are compared with the recorded requests.
