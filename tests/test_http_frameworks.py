@@ -200,6 +200,22 @@ def test_agno_agent_runs_twice_with_one_request(server: FakeLLMServer, tmp_path)
     assert server.request_count == 1
 
 
+@pytest.mark.skipif(sys.version_info < (3, 10), reason="agno does not import on Python 3.9 (an asyncio.Lock made at import)")
+def test_agno_claude_takes_the_anthropic_sdks_client_class(server: FakeLLMServer, tmp_path) -> None:
+    from agno.agent import Agent
+    from agno.models.anthropic import Claude
+
+    sdk_client = type(anthropic.Anthropic(api_key=API_KEY)._client)
+    library = "httpx2" if any(c.__module__.startswith("httpx2") for c in sdk_client.__mro__) else "httpx"  # httpx2 for anthropic 2.x
+    outputs = []
+    for _ in range(2):
+        http = memollm.http.client(library=library, cache_dir=tmp_path)
+        model = Claude(id=CLAUDE, api_key=API_KEY, client_params={"base_url": server.anthropic_base_url}, http_client=http)
+        outputs.append(Agent(model=model, telemetry=False).run("hello agno claude").content)
+    assert outputs == ["echo: hello agno claude"] * 2
+    assert server.request_count == 1
+
+
 # -- litellm ------------------------------------------------------------------------------------
 
 
