@@ -9,6 +9,7 @@ in are not known then, which the answer says). For the HTTP layer's functions
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 import sys
@@ -113,7 +114,7 @@ def _http_request(function: str, body: Any, cache_dir: Optional[str]) -> explain
     outcome = explaining.outcome_of(store, name, key, None, None)
     found = explaining.explain(store, name, key, outcome, latest.identity or [], request_tree(packed))
     note = f"{name}: --args-json is the request's JSON body, sent with the method, URL and key headers of the most recent recorded request ({latest.key})"
-    return explaining.Explanation(found.function, found.key, found.outcome, found.nearest, found.comparable, note, found.request)
+    return dataclasses.replace(found, note=note)
 
 
 def _from_recorded(function: str, args: list[Any], kwargs: dict[str, Any], cache_dir: Optional[str], imported: bool = False) -> explaining.Explanation:
@@ -131,7 +132,7 @@ def _from_recorded(function: str, args: list[Any], kwargs: dict[str, Any], cache
         note = f"{name} is not a decorated function: --args-json is compared with the recorded requests as given"
     else:
         note = f"{name} could not be imported here: compared with the recorded requests only (defaults the function would fill in are not known)"
-    return explaining.Explanation(found.function, found.key, found.outcome, found.nearest, found.comparable, note, found.request)
+    return dataclasses.replace(found, note=note)
 
 
 def as_data(explanation: explaining.Explanation) -> dict[str, Any]:
